@@ -1,0 +1,196 @@
+"""Model specifications: a family plus its dimensions, with no torch import.
+
+A `ModelSpec` is what a recipe's `model X = t5(...)` line declares. It knows how to become the
+keyword arguments of the `transformers` config class that builds exactly that model, and how many
+parameters that model has, so that planning never needs to build a model.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+Family = Literal["t5", "bert"]
+FAMILIES: tuple[str, ...] = ("t5", "bert")
+
+# T5's relative-position table size, as in every released T5 checkpoint.
+T5_BUCKETS = 32
+
+
+class ModelSpec(BaseModel):
+    """A family and its dimensions, under the names recipes use.
+
+    `layers` is the encoder depth (all of BERT's layers); `decoder_layers` is T5's decoder depth.
+    `d_kv` is the per-head size; left out it is `d_model // heads`. BERT has no separate head size.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    family: Family
+    layers: int
+    decoder_layers: int | None = None
+    d_model: int
+    heads: int
+    d_ff: int
+    d_kv: int | None = None
+    vocab: int = 32128
+    # T5 only: the feed-forward kind and how the LM head relates to the shared embedding.
+    ff: Literal["relu", "gated-gelu"] = "relu"
+    head: Literal["tied", "tied-unscaled", "untied"] = "tied"
+    # BERT only: learned absolute positions.
+    max_positions: int = 512
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelSpec":
+        for name in ("layers", "d_model", "heads", "d_ff", "vocab"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.family == "t5":
+            if self.decoder_layers is None:
+                raise ValueError("t5 needs layers=ENCODER+DECODER, e.g. layers=6+6")
+            if self.decoder_layers <= 0:
+                raise ValueError("decoder layers must be positive")
+        else:
+            if self.decoder_layers is not None:
+                raise ValueError(f"{self.family} has one stack: write layers=N, not E+D")
+            if self.d_kv is not None and self.d_kv * self.heads != self.d_model:
+                raise ValueError("bert has no separate head size: d_kv must equal d_model / heads")
+            if self.ff != "relu" or self.head != "tied":
+                raise ValueError("ff= and head= are t5 options")
+        if self.d_kv is None and self.d_model % self.heads != 0:
+            raise ValueError(
+                f"heads={self.heads} does not divide d_model={self.d_model}"
+                + (" (give d_kv= to set the head size explicitly)" if self.family == "t5" else "")
+            )
+        return self
+
+    # -- derived -----------------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.d_kv if self.d_kv is not None else self.d_model // self.heads
+
+    @property
+    def inner_dim(self) -> int:
+        """Width of the attention projections (heads * head size)."""
+        return self.heads * self.head_dim
+
+    @property
+    def stacks(self) -> tuple[int, ...]:
+        """Depth of each stack: (L,) for encoders, (E, D) for encoder-decoders."""
+        return (self.layers,) if self.decoder_layers is None else (self.layers, self.decoder_layers)
+
+    @property
+    def total_layers(self) -> int:
+        return sum(self.stacks)
+
+    def layers_text(self) -> str:
+        return "+".join(str(n) for n in self.stacks)
+
+    def hf_config(self) -> dict:
+        """Keyword arguments of the `transformers` config class that builds exactly this model."""
+        if self.family == "t5":
+            return {
+                "vocab_size": self.vocab,
+                "d_model": self.d_model,
+                "d_kv": self.head_dim,
+                "d_ff": self.d_ff,
+                "num_layers": self.layers,
+                "num_decoder_layers": self.decoder_layers,
+                "num_heads": self.heads,
+                "relative_attention_num_buckets": T5_BUCKETS,
+                "feed_forward_proj": self.ff,
+                "tie_word_embeddings": self.head != "tied-unscaled" and self.head != "untied",
+                "decoder_start_token_id": 0,
+                "pad_token_id": 0,
+                "eos_token_id": 1,
+            }
+        return {
+            "vocab_size": self.vocab,
+            "hidden_size": self.d_model,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "intermediate_size": self.d_ff,
+            "max_position_embeddings": self.max_positions,
+            "type_vocab_size": 2,
+        }
+
+    @classmethod
+    def from_hf_config(cls, config: dict) -> "ModelSpec":
+        """The spec of an existing checkpoint, from its `config.json` contents."""
+        model_type = config.get("model_type")
+        if model_type == "t5":
+            # transformers 5 always ties T5's head and records the d_model**-0.5 output scaling as
+            # `scale_decoder_outputs`; older configs say the same with `tie_word_embeddings`.
+            # Whether a head is untied shows only in the weights (a separate lm_head.weight).
+            scaled = config.get("scale_decoder_outputs", config.get("tie_word_embeddings", True) is not False)
+            return cls(
+                family="t5",
+                layers=config["num_layers"],
+                decoder_layers=config.get("num_decoder_layers") or config["num_layers"],
+                d_model=config["d_model"],
+                heads=config["num_heads"],
+                d_ff=config["d_ff"],
+                d_kv=None if config["d_kv"] * config["num_heads"] == config["d_model"] else config["d_kv"],
+                vocab=config["vocab_size"],
+                ff="gated-gelu" if config.get("feed_forward_proj") == "gated-gelu" else "relu",
+                head="tied" if scaled else "tied-unscaled",
+            )
+        if model_type == "bert":
+            return cls(
+                family="bert",
+                layers=config["num_hidden_layers"],
+                d_model=config["hidden_size"],
+                heads=config["num_attention_heads"],
+                d_ff=config["intermediate_size"],
+                vocab=config["vocab_size"],
+                max_positions=config.get("max_position_embeddings", 512),
+            )
+        raise ValueError(f"unsupported architecture {model_type!r} (supported: {', '.join(FAMILIES)})")
+
+    @property
+    def hf_config_class(self) -> str:
+        return {"t5": "T5Config", "bert": "BertConfig"}[self.family]
+
+    @property
+    def hf_model_class(self) -> str:
+        """The pretraining class a recipe's model is built as."""
+        return {"t5": "T5ForConditionalGeneration", "bert": "BertForMaskedLM"}[self.family]
+
+    # -- parameter counts (what `model.num_parameters()` reports for hf_model_class) ---------
+    def param_groups(self) -> dict[str, int]:
+        """Parameter count per tensor group, summed over layers."""
+        d, inner, ff, v = self.d_model, self.inner_dim, self.d_ff, self.vocab
+        if self.family == "t5":
+            n_ff = 3 if self.ff == "gated-gelu" else 2
+            e, dl = self.stacks
+            groups = {
+                "embedding": v * d,
+                "self_attention": (e + dl) * 4 * d * inner,
+                "cross_attention": dl * 4 * d * inner,
+                "feed_forward": (e + dl) * n_ff * d * ff,
+                "norms": (2 * e + 3 * dl + 2) * d,
+                "relative_bias": 2 * T5_BUCKETS * self.heads,
+                "lm_head": v * d if self.head == "untied" else 0,
+            }
+            return groups
+        n = self.layers
+        return {
+            "embedding": (v + self.max_positions + 2) * d + 2 * d,
+            "self_attention": n * 4 * (d * d + d),
+            "feed_forward": n * (2 * d * ff + ff + d),
+            "norms": n * 2 * 2 * d,
+            # MLM head: transform dense + its LayerNorm + output bias (decoder weight is tied)
+            "lm_head": d * d + d + 2 * d + v,
+        }
+
+    @property
+    def params(self) -> int:
+        return sum(self.param_groups().values())
+
+    def describe(self) -> str:
+        extra = f", d_kv={self.d_kv}" if self.d_kv is not None else ""
+        return (
+            f"{self.family}(layers={self.layers_text()}, d_model={self.d_model}, "
+            f"heads={self.heads}, d_ff={self.d_ff}{extra}, vocab={self.vocab})"
+        )

@@ -1,0 +1,1 @@
+"""Pretraining: corpora, tokenizer, objectives, the staged loop with growth, checkpoints."""

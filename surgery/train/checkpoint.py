@@ -1,0 +1,93 @@
+"""Resumable training checkpoints, written atomically, safetensors only (no pickle).
+
+A checkpoint is a folder `ckpt-<step>` under the run's `checkpoints/`, made as a temp folder and
+renamed, then named in `checkpoints/latest` (replaced atomically). A kill at any moment leaves
+either the old or the new checkpoint complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def optimizer_state_by_name(model, optimizer) -> dict[str, dict[str, torch.Tensor]]:
+    """AdamW's per-parameter state keyed by parameter name (what growth and saving need)."""
+    out = {}
+    for name, p in model.named_parameters():
+        st = optimizer.state.get(p)
+        if st:
+            out[name] = {k: v for k, v in st.items() if torch.is_tensor(v)}
+    return out
+
+
+def load_optimizer_state(model, optimizer, state: dict[str, dict[str, torch.Tensor]]) -> None:
+    for name, p in model.named_parameters():
+        if name in state:
+            optimizer.state[p] = {k: v.to(p.device) if k != "step" else v.clone() for k, v in state[name].items()}
+
+
+def _flatten(state: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {f"{name}::{k}": v.detach().contiguous().cpu() for name, st in state.items() for k, v in st.items()}
+
+
+def _unflatten(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for key, v in flat.items():
+        name, k = key.rsplit("::", 1)
+        out.setdefault(name, {})[k] = v
+    return out
+
+
+def save_checkpoint(root: Path, step: int, model, optimizer, trainer_state: dict, keep: int = 1) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"ckpt-{step:08d}"
+    tmp = root / f".ckpt-{step:08d}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    model.save_pretrained(tmp / "model", safe_serialization=True)
+    opt = _flatten(optimizer_state_by_name(model, optimizer))
+    if opt:
+        save_file(opt, tmp / "optimizer.safetensors")
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    save_file(rng, tmp / "rng.safetensors")
+    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    pointer = root / f".latest.tmp{os.getpid()}"
+    pointer.write_text(final.name)
+    pointer.replace(root / "latest")
+    for old in sorted(root.glob("ckpt-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    pointer = root / "latest"
+    if not pointer.exists():
+        return None
+    path = root / pointer.read_text().strip()
+    return path if (path / "trainer_state.json").exists() else None
+
+
+def read_checkpoint(path: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """(trainer state, optimizer state by parameter name, rng states)."""
+    state = json.loads((path / "trainer_state.json").read_text())
+    opt_file = path / "optimizer.safetensors"
+    opt = _unflatten(load_file(opt_file)) if opt_file.exists() else {}
+    return state, opt, load_file(path / "rng.safetensors")
+
+
+def restore_rng(rng: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(rng["torch"])
+    cuda = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda"))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)

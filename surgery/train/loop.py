@@ -1,0 +1,281 @@
+"""The staged pretraining loop: train a segment, grow weights and optimizer state, go on.
+
+Runs on one CPU, one GPU, or several through `accelerate launch` (bf16 where the device has it).
+Everything that decides a step's outcome (batch, masks, LR, dropout RNG) is restored from a
+checkpoint, so a resumed run ends with the weights an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from surgery.errors import SurgeryError
+from surgery.train import checkpoint as ckpt
+from surgery.train.data import BatchOrder, step_rng, to_blocks, tokenize_documents, validation_batches
+from surgery.train.objectives import make_objective
+from surgery.train.schedule import RunSettings, Segment, lr_at, to_steps
+from surgery.train.corpus import load_documents, resolve_corpus
+from surgery.train.tokenizer import get_tokenizer
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object a line; truncated to the checkpoint's length on resume."""
+
+    def __init__(self, path: Path, keep_lines: int | None):
+        self.path = path
+        lines = path.read_text().splitlines() if path.exists() else []
+        lines = lines[:keep_lines] if keep_lines is not None else []
+        path.write_text("".join(l + "\n" for l in lines))
+        self.count = len(lines)
+        self.rows = [json.loads(l) for l in lines]
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        self.count += 1
+        self.rows.append(row)
+
+
+def make_optimizer(model, s: RunSettings):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+class Trainer:
+    def __init__(self, segments: list[Segment], settings: RunSettings, out_dir: Path, *,
+                 run_name: str, plan_json: dict | None = None, resume: bool = False, quiet: bool = False,
+                 corpus_base: Path | None = None, stop_after_step: int | None = None):
+        from accelerate import Accelerator
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+        self.segments, self.s, self.out = segments, settings, Path(out_dir)
+        self.run_name, self.plan_json, self.resume, self.quiet = run_name, plan_json, resume, quiet
+        self.corpus_base = corpus_base
+        self.stop_after_step = stop_after_step  # tests: stop as if killed, without the kill
+        use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        self.acc = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available())
+        self.family = segments[0].spec.family
+        self.vocab = segments[0].spec.vocab
+
+    # -- data ---------------------------------------------------------------------------------
+    def prepare_data(self, progress=None):
+        s = self.s
+        corpus = resolve_corpus(s.corpus, self.corpus_base)
+        train_docs, valid_docs = load_documents(corpus, seed=s.seed, valid_ratio=s.valid_ratio)
+        self.tokenizer = get_tokenizer(corpus, train_docs, self.family, self.vocab)
+        if len(self.tokenizer) > self.vocab:
+            raise SurgeryError(f"tokenizer has {len(self.tokenizer)} tokens, more than the model's vocab={self.vocab}")
+        try:
+            self.objective = make_objective(s.objective, s.objective_params, self.tokenizer, s.seq_len)
+        except (TypeError, ValueError) as err:
+            raise SurgeryError(f"objective {s.objective}: {err}") from None
+        key = f"{corpus.fingerprint()}:{self.tokenizer.name_or_path}"
+        train = tokenize_documents(train_docs, self.tokenizer, key + ":train", progress=progress)
+        valid = tokenize_documents(valid_docs, self.tokenizer, key + ":valid", progress=progress)
+        self.train_blocks = to_blocks(train, self.objective.raw_len)
+        self.valid_blocks = to_blocks(valid, self.objective.raw_len)
+        if len(self.train_blocks) == 0 or len(self.valid_blocks) == 0:
+            raise SurgeryError(f"corpus {corpus.name!r} is too small for seq_len={s.seq_len}")
+        self.order = BatchOrder(len(self.train_blocks), s.batch_size, s.grad_accum, s.seed)
+        self.val = validation_batches(self.valid_blocks, self.objective, s.batch_size, s.seed, s.val_batches)
+        self.tokens_per_step = s.batch_size * s.grad_accum * self.objective.raw_len
+
+    # -- model --------------------------------------------------------------------------------
+    def first_model(self, seg: Segment):
+        from surgery.families import build_model
+        from surgery.ops import grow_model
+
+        if seg.init_from is None:
+            return build_model(seg.spec, seed=self.s.seed)
+        from surgery.io import load_model
+
+        try:
+            model = load_model(seg.init_from)
+        except SurgeryError:
+            raise
+        except Exception as err:
+            raise SurgeryError(f"cannot load pretrained checkpoint {seg.init_from}: {err}") from None
+        if seg.grow is not None:
+            model = grow_model(model, seg.init_spec, seg.spec, seg.grow.op, seed=self.s.seed, options=seg.grow.args).model
+        return model
+
+    @torch.no_grad()
+    def validate(self, model) -> float:
+        model.eval()
+        total, n = 0.0, 0
+        for batch in self.val:
+            batch = {k: v.to(self.acc.device) for k, v in batch.items()}
+            with self.acc.autocast():
+                out = model(**batch)
+            count = int((batch["labels"] != -100).sum())
+            total += float(out.loss) * count
+            n += count
+        model.train()
+        return total / max(1, n)
+
+    def save_stage(self, model, seg: Segment, index: int) -> Path:
+        folder = self.out / "stages" / f"{index}-{seg.name}"
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.acc.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+        self.tokenizer.save_pretrained(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+        return folder
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self) -> dict:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from surgery.ops import grow_model
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.plan_json is not None:
+            (self.out / "plan.json").write_text(json.dumps(self.plan_json, indent=1))
+        progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=self.quiet, transient=False,
+        )
+        ckpt_root = self.out / "checkpoints"
+        with progress:
+            self.prepare_data(progress)
+            spe = self.order.steps_per_epoch
+            segments = [self._resolve(seg, spe) for seg in self.segments]
+            total = segments[-1].end
+            state = {"segment": 0, "step": 0, "tokens": 0, "wall_s": 0.0, "metrics_lines": 0, "stopped": False}
+            model, opt_state, resumed = None, None, False
+            latest = ckpt.latest_checkpoint(ckpt_root) if self.resume else None
+            if self.resume and latest is None and ckpt_root.exists():
+                raise SurgeryError(f"--resume: no complete checkpoint in {ckpt_root}")
+            if latest is not None:
+                state, opt_state, rng = ckpt.read_checkpoint(latest)
+                from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM
+
+                cls = AutoModelForSeq2SeqLM if self.family == "t5" else AutoModelForMaskedLM
+                model = cls.from_pretrained(latest / "model")
+                resumed = True
+            elif ckpt_root.exists():
+                shutil.rmtree(ckpt_root)
+            metrics = MetricsLog(self.out / "metrics.jsonl", state["metrics_lines"] if resumed else None)
+            t0 = time.perf_counter() - state["wall_s"]
+            task = progress.add_task("train", total=total, completed=state["step"], info="")
+            step = state["step"]
+
+            def log(row):
+                metrics.write({"wall_s": round(time.perf_counter() - t0, 3), **row})
+
+            for index in range(state["segment"], len(segments)):
+                seg = segments[index]
+                if state["stopped"]:
+                    break
+                grown = False
+                if model is None:
+                    model = self.first_model(seg)
+                    grown = seg.grow is not None
+                elif not (resumed and step < seg.end and index == state["segment"]):
+                    # The previous segment's model grows into this one (also when resuming at a
+                    # segment boundary: the checkpoint holds the model before growth).
+                    if step >= seg.end:
+                        if not (self.out / "stages" / f"{index}-{seg.name}").exists():
+                            self.save_stage(model, seg, index)
+                        continue
+                    prev = segments[index - 1]
+                    raw = self.acc.unwrap_model(model)
+                    grown_result = grow_model(raw.cpu(), prev.spec, seg.spec, seg.grow.op, seed=self.s.seed + index,
+                                              options=seg.grow.args)
+                    opt_state = grown_result.grow_optimizer_state(opt_state or {}) if opt_state else None
+                    model = grown_result.model
+                    grown = True
+                    log({"event": "grow", "stage": index, "model": seg.name, "op": seg.grow.op, "step": step,
+                         "tokens": state["tokens"], "from": prev.name})
+                resumed = False
+                model = model.to(self.acc.device)
+                model.train()
+                optimizer = make_optimizer(model, self.s)
+                if opt_state:
+                    ckpt.load_optimizer_state(model, optimizer, opt_state)
+                if latest is not None:
+                    ckpt.restore_rng(rng)
+                    latest = None
+                model, optimizer = self.acc.prepare(model, optimizer)
+                if grown or (step == seg.start and index == 0 and not metrics.rows):
+                    vl = self.validate(model)
+                    log({"stage": index, "model": seg.name, "step": step, "tokens": state["tokens"],
+                         "train_loss": None, "val_loss": vl})
+                progress.update(task, description=f"{index}:{seg.name}")
+                tick, recent = time.perf_counter(), []
+                while step < seg.end and not state["stopped"]:
+                    lr = lr_at(step, total, self.s, seg.start, grown=index > 0)
+                    for g in optimizer.param_groups:
+                        g["lr"] = lr
+                    loss_sum = 0.0
+                    for micro in range(self.s.grad_accum):
+                        idx = self.order.indices(step, micro)
+                        batch = self.objective(self.train_blocks[idx], step_rng(self.s.seed, step, micro))
+                        batch = {k: v.to(self.acc.device) for k, v in batch.items()}
+                        with self.acc.autocast():
+                            loss = model(**batch).loss / self.s.grad_accum
+                        self.acc.backward(loss)
+                        loss_sum += float(loss.detach())
+                    if self.s.max_grad_norm:
+                        self.acc.clip_grad_norm_(model.parameters(), self.s.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    state["tokens"] += self.tokens_per_step
+                    recent.append(loss_sum)
+                    row = {"stage": index, "model": seg.name, "step": step, "tokens": state["tokens"],
+                           "train_loss": loss_sum, "lr": lr}
+                    validate_now = step % self.s.val_every == 0 or step == seg.end
+                    if validate_now:
+                        row["val_loss"] = self.validate(model)
+                        if self.s.until_val_loss is not None and row["val_loss"] <= self.s.until_val_loss:
+                            state["stopped"] = True
+                            row["event"] = "until"
+                    if validate_now or step % self.s.log_every == 0:
+                        log(row)
+                    rate = self.tokens_per_step * len(recent) / max(1e-9, time.perf_counter() - tick)
+                    progress.update(task, completed=step, info=f"loss {np.mean(recent[-20:]):.3f}  {rate:,.0f} tok/s")
+                    every = self.s.ckpt_every or self.s.val_every
+                    at_end = step == seg.end or state["stopped"]
+                    if step % every == 0 or at_end:
+                        state.update(segment=index, step=step, wall_s=time.perf_counter() - t0,
+                                     metrics_lines=metrics.count)
+                        opt_state = ckpt.optimizer_state_by_name(self.acc.unwrap_model(model), optimizer)
+                        ckpt.save_checkpoint(ckpt_root, step, self.acc.unwrap_model(model), optimizer, state)
+                    if self.stop_after_step is not None and step >= self.stop_after_step:
+                        return {"stopped_early": True, "step": step}
+                opt_state = ckpt.optimizer_state_by_name(self.acc.unwrap_model(model), optimizer)
+                last_stage = self.save_stage(model, seg, index)
+            final = self.out / "final"
+            shutil.rmtree(final, ignore_errors=True)
+            shutil.copytree(last_stage, final)
+        summary = {"run": self.run_name, "steps": step, "tokens": state["tokens"],
+                   "wall_s": round(time.perf_counter() - t0, 3), "steps_per_epoch": spe,
+                   "final_val_loss": next((r["val_loss"] for r in reversed(metrics.rows) if r.get("val_loss") is not None), None),
+                   "stopped_by_until": state["stopped"], "settings": asdict(self.s)}
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
+        from surgery.train.curves import plot_run
+
+        plot_run(self.out)
+        return summary
+
+    @staticmethod
+    def _resolve(seg: Segment, spe: int) -> Segment:
+        from dataclasses import replace
+
+        return replace(seg, start=to_steps(seg.start, seg.unit, spe), end=to_steps(seg.end, seg.unit, spe), unit="steps")

@@ -1,0 +1,147 @@
+"""Pretraining objectives: how a block of packed token ids becomes a model input and its labels.
+
+Every objective draws its randomness from the generator it is handed, and the loop derives that
+generator from (seed, step): masking is dynamic (new every time a block is seen, as RoBERTa) and a
+resumed run sees exactly the masks an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+IGNORE = -100
+
+
+def _sentinel_ids(tokenizer) -> list[int]:
+    ids = []
+    while True:
+        tid = tokenizer.convert_tokens_to_ids(f"<extra_id_{len(ids)}>")
+        if tid is None or tid == tokenizer.unk_token_id:
+            return ids
+        ids.append(tid)
+
+
+def t5_span_lengths(raw_len: int, rate: float, mean_span: float) -> tuple[int, int, int, int]:
+    """(noise tokens, spans, input length, target length) for one block, as T5 computes them."""
+    noise = max(1, min(raw_len - 1, round(raw_len * rate)))
+    spans = max(1, round(noise / mean_span))
+    return noise, spans, raw_len - noise + spans + 1, noise + spans + 1
+
+
+@dataclass
+class SpanCorruption:
+    """T5's objective: replace random spans (15% of tokens, mean length 3) with sentinels; the
+    target lists each sentinel followed by the tokens it hid."""
+
+    tokenizer: object
+    seq_len: int
+    rate: float = 0.15
+    mean_span: float = 3.0
+    family: str = "t5"
+
+    def __post_init__(self):
+        self.sentinels = _sentinel_ids(self.tokenizer)
+        self.eos = self.tokenizer.eos_token_id
+        self.pad = self.tokenizer.pad_token_id
+        # Longest raw block whose corrupted form fits seq_len.
+        raw = self.seq_len
+        while t5_span_lengths(raw + 1, self.rate, self.mean_span)[2] <= self.seq_len:
+            raw += 1
+        self.raw_len = raw
+        _, spans, _, self.target_len = t5_span_lengths(raw, self.rate, self.mean_span)
+        if spans > len(self.sentinels):
+            raise ValueError(f"seq_len {self.seq_len} needs {spans} sentinels; the tokenizer has {len(self.sentinels)}")
+
+    def _mask(self, rng: np.random.Generator) -> np.ndarray:
+        noise, spans, _, _ = t5_span_lengths(self.raw_len, self.rate, self.mean_span)
+
+        def partition(total: int) -> np.ndarray:  # `spans` positive parts summing to total
+            cuts = np.sort(rng.choice(np.arange(1, total), spans - 1, replace=False)) if spans > 1 else []
+            return np.diff(np.concatenate([[0], cuts, [total]])).astype(int)
+
+        noise_lens, keep_lens = partition(noise), partition(self.raw_len - noise)
+        mask = np.zeros(self.raw_len, dtype=bool)
+        pos = 0
+        for keep, hide in zip(keep_lens, noise_lens):  # always start with kept text
+            pos += keep
+            mask[pos : pos + hide] = True
+            pos += hide
+        return mask
+
+    def __call__(self, blocks: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        inputs, targets = [], []
+        for row in blocks:
+            mask = self._mask(rng)
+            starts = mask & ~np.concatenate([[False], mask[:-1]])
+            span_id = np.cumsum(starts) - 1
+            inp, tgt = [], []
+            for tok, m, s, sid in zip(row, mask, starts, span_id):
+                if not m:
+                    inp.append(tok)
+                elif s:
+                    inp.append(self.sentinels[sid])
+                    tgt.append(self.sentinels[sid])
+                if m:
+                    tgt.append(tok)
+            inputs.append(inp + [self.eos])
+            targets.append(tgt + [self.eos])
+        input_ids = _pad(inputs, self.seq_len, self.pad)
+        labels = _pad(targets, self.target_len, IGNORE)
+        return {"input_ids": input_ids, "attention_mask": (input_ids != self.pad).long(), "labels": labels}
+
+
+@dataclass
+class MaskedLM:
+    """BERT/RoBERTa masked LM with dynamic masking: `rate` of the tokens are chosen; of those 80%
+    become [MASK], 10% a random token, 10% stay; the loss is on the chosen tokens only."""
+
+    tokenizer: object
+    seq_len: int
+    rate: float = 0.15
+    mask_fraction: float = 0.8
+    random_fraction: float = 0.1
+    family: str = "bert"
+
+    def __post_init__(self):
+        self.raw_len = self.seq_len - 2
+        self.cls, self.sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        self.mask_id, self.pad = self.tokenizer.mask_token_id, self.tokenizer.pad_token_id
+        self.vocab = len(self.tokenizer)
+        self.special = np.array(sorted(set(self.tokenizer.all_special_ids)))
+
+    def __call__(self, blocks: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        b = blocks.shape[0]
+        ids = np.concatenate([np.full((b, 1), self.cls), blocks, np.full((b, 1), self.sep)], axis=1)
+        candidates = ~np.isin(ids, self.special)
+        chosen = (rng.random(ids.shape) < self.rate) & candidates
+        labels = np.where(chosen, ids, IGNORE)
+        roll = rng.random(ids.shape)
+        to_mask = chosen & (roll < self.mask_fraction)
+        to_random = chosen & (roll >= self.mask_fraction) & (roll < self.mask_fraction + self.random_fraction)
+        ids = np.where(to_mask, self.mask_id, ids)
+        ids = np.where(to_random, rng.integers(0, self.vocab, ids.shape), ids)
+        input_ids = torch.from_numpy(ids.astype(np.int64))
+        return {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "token_type_ids": torch.zeros_like(input_ids),
+            "labels": torch.from_numpy(labels.astype(np.int64)),
+        }
+
+
+def _pad(rows: list[list[int]], length: int, value: int) -> torch.Tensor:
+    out = torch.full((len(rows), length), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r[:length], dtype=torch.long)
+    return out
+
+
+OBJECTIVES = {"span_corruption": SpanCorruption, "mlm": MaskedLM}
+
+
+def make_objective(name: str, params: dict, tokenizer, seq_len: int):
+    cls = OBJECTIVES[name]
+    return cls(tokenizer=tokenizer, seq_len=seq_len, **params)

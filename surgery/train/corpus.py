@@ -89,6 +89,9 @@ def _read_files(files: tuple[Path, ...], min_chars: int) -> list[str]:
     import datasets
 
     datasets.disable_progress_bars()
+    for f in files:
+        if f.stat().st_size == 0:
+            raise SurgeryError(f"corpus file {f} is empty or too small to split into train and validation")
     jsonl = [str(f) for f in files if ".json" in f.name]
     text = [str(f) for f in files if ".json" not in f.name]
     docs: list[str] = []

@@ -47,6 +47,36 @@ def plan(
 
 
 @app.command()
+def run(
+    recipe: Path = typer.Argument(Path("recipes/demo.grow"), help="A .grow recipe (default: the demo)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<recipe name>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's last checkpoint."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only print the plan (same as `surgery plan`)."),
+    no_finetune: bool = typer.Option(False, "--no-finetune", help="Stop after pretraining."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+):
+    """End to end: tokenizer, data, pretraining with growth, checkpoints, fine-tuning, report."""
+    with user_errors():
+        from surgery.run_cli import run_command
+
+        run_command(recipe, out=out, resume=resume, dry_run=dry_run, finetune=not no_finetune, quiet=quiet)
+
+
+@app.command()
+def report(
+    runs: list[Path] = typer.Argument(..., help="Run directories made by `surgery run`."),
+    out: Path = typer.Option(Path("report"), "--out", help="Folder for report.md, report.csv and the curves."),
+    base: Optional[str] = typer.Option(None, "--base", help="Run that ratios refer to (default: a run named B)."),
+):
+    """Table-2-style comparison of finished runs (terminal, Markdown, CSV) and their learning curves."""
+    with user_errors():
+        from surgery.report import write_report
+
+        files = write_report(runs, out, base=base)
+        print("wrote " + ", ".join(str(f) for f in files.values()))
+
+
+@app.command()
 def grow(
     src: Path = typer.Argument(..., help="Checkpoint folder: config.json + *.safetensors."),
     op: str = typer.Option(..., "--op", help="Growth op: d, f, a, l, da, df, dl (see `surgery plan --help`)."),

@@ -205,7 +205,7 @@ class Plan(BaseModel):
 # ---- helpers --------------------------------------------------------------------------------
 def _suggest(word: str, options) -> str:
     options = list(options)
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
     if close:
         return f"; did you mean {close[0]!r}?"
     return f" (known: {', '.join(options)})" if len(options) <= 12 else ""

@@ -17,7 +17,7 @@ from surgery.shapes import flops_per_token, human, human_bytes, shape_changes, t
 
 FLOPS_ASSUMPTION = (
     "FLOPs = 6 x params x tokens, tokens = steps x batch_size x grad_accum x seq_len "
-    "(every parameter counted against every token; an upper estimate for t5)"
+    "(every parameter counted against every token: an upper estimate for encoder-decoders)"
 )
 
 

@@ -34,12 +34,46 @@ def user_errors():
         raise typer.Exit(130)
 
 
-@app.command()
+PLAN_HELP = """Dry run: the typed plan, every stage, every shape change, parameter counts and FLOPs.
+
+Checks the recipe and prints its plan; a mistake is reported as FILE:LINE:COL with a caret and
+exit status 2. Nothing is loaded or trained (the checkpoint of `pretrained` need not exist yet).
+
+\b
+Recipe syntax (full reference: docs/recipes.md; # starts a comment):
+  model T = t5(layers=6+6, d_model=512, heads=8, d_ff=1024)     t5: layers=ENC+DEC, optional
+  model B = t5(layers=12+12, d_model=768, heads=12, d_ff=3072)    d_kv, vocab, ff=relu|gated-gelu,
+                                                                   head=tied|tied-unscaled|untied
+  model E = bert(layers=12, d_model=768, heads=12, d_ff=3072)   bert: layers=N, vocab, max_positions
+  pretrained T = "runs/T/final"      checkpoint folder, relative to the recipe's folder
+  grow T d@1ep S a@2ep B             chain: train T to 1ep, grow by d into S, at 2ep by a into B
+  grow T init-da B                   init-: grow T's pretrained checkpoint before training
+  train 5ep on corpus("ko-pretrain") budget (5ep | 28000steps) and clauses in any order:
+      objective span_corruption(rate=0.15, mean_span=3)     (t5; bert: mlm(rate=0.15))
+      optimizer adamw(lr=5e-4, warmup=1%, weight_decay=0.01, schedule=linear|cosine|constant)
+      until val_loss <= 1.0994       stop once validation loss reaches the target
+      batch_size=16 seq_len=512 grad_accum=1 val_every=1000steps seed=0 steps_per_epoch=11136
+      lr_on_grow=continue|rewarm(500steps)  optimizer_on_grow=reset|grow
+  train B 5ep ...                    no grow line: name the model that trains
+  finetune klue-nli, korquad-ext, korquad-gen, news-summ(epochs=3, lr=1e-4)
+
+\b
+Ops: d depth (stack copies)   f width, Net2Net FPI    a width, bert2BERT AKI
+     l width, exactly lossless at any ratio           da df dl  depth and width at once
+     d(identity) depth whose new layers are exact identities (function-preserving)
+     d(select=interleave)   d[0..5 x4] explicit source layers (inclusive ranges, xN repeats;
+                            t5 may give ENC+DEC lists: d[0..5 x2 + 0..5 x2])
+Points: @2ep, @28000steps, @40% (of the budget), absolute and increasing along the chain.
+"""
+
+
+@app.command(help=PLAN_HELP)
 def plan(
     recipe: Path = typer.Argument(..., help="A .grow recipe file."),
-    json_out: bool = typer.Option(False, "--json", help="Print the plan as one JSON object."),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print the plan as one JSON object: models (dims, params, hf_config), stages, train, finetune, cost."
+    ),
 ):
-    """Dry run: the typed plan, every stage, every shape change, parameter counts and FLOPs."""
     with user_errors():
         from surgery.plan_cli import plan_command
 

@@ -1,0 +1,160 @@
+"""Tensor shapes per group, parameter counts and training cost, computed from specs alone.
+
+Groups follow the architecture-neutral view the ops work on (embedding, attention, feed-forward,
+norms, relative bias, head), with shapes as `transformers` stores them ([out, in] for linear
+weights), so a plan shows exactly which tensors a growth op resizes. No torch here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from surgery.spec import T5_BUCKETS, ModelSpec
+
+# AdamW training state per parameter: fp32 weight, gradient and two moments.
+TRAIN_BYTES_PER_PARAM = 16
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str  # a representative name, with {i} for the layer index
+    shape: tuple[int, ...]
+    count: int  # how many tensors of this shape the group holds
+
+    @property
+    def params(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n * self.count
+
+
+@dataclass(frozen=True)
+class TensorGroup:
+    name: str
+    tensors: tuple[Tensor, ...]
+    note: str = ""
+
+    @property
+    def params(self) -> int:
+        return sum(t.params for t in self.tensors)
+
+    def shape_text(self) -> str:
+        if not self.tensors:
+            return self.note or "-"
+        parts = []
+        for t in self.tensors:
+            shape = "[" + ", ".join(str(s) for s in t.shape) + "]"
+            parts.append(f"{shape} x{t.count}" if t.count != 1 else shape)
+        # identical shapes read better once: "[512, 512] x72"
+        return ", ".join(dict.fromkeys(parts))
+
+
+def tensor_groups(spec: ModelSpec) -> list[TensorGroup]:
+    """Every parameter tensor of spec's pretraining model, grouped. Sums to spec.params."""
+    d, inner, ff, v, h = spec.d_model, spec.inner_dim, spec.d_ff, spec.vocab, spec.heads
+    if spec.family == "t5":
+        e, dl = spec.stacks
+        attn = e + 2 * dl  # encoder self, decoder self, decoder cross
+        wi = [Tensor("block.{i}.layer.*.DenseReluDense.wi", (ff, d), e + dl)]
+        if spec.ff == "gated-gelu":
+            wi = [
+                Tensor("block.{i}.layer.*.DenseReluDense.wi_0", (ff, d), e + dl),
+                Tensor("block.{i}.layer.*.DenseReluDense.wi_1", (ff, d), e + dl),
+            ]
+        head = (
+            TensorGroup("lm head", (Tensor("lm_head.weight", (v, d), 1),))
+            if spec.head == "untied"
+            else TensorGroup("lm head", (), note="tied" + (" (x d_model^-0.5)" if spec.head == "tied" else ", unscaled"))
+        )
+        return [
+            TensorGroup("embedding", (Tensor("shared.weight", (v, d), 1),)),
+            TensorGroup("attention q/k/v", (Tensor("block.{i}.layer.*.*Attention.{q,k,v}", (inner, d), 3 * attn),)),
+            TensorGroup("attention o", (Tensor("block.{i}.layer.*.*Attention.o", (d, inner), attn),)),
+            TensorGroup("feed-forward in", tuple(wi)),
+            TensorGroup("feed-forward out", (Tensor("block.{i}.layer.*.DenseReluDense.wo", (d, ff), e + dl),)),
+            TensorGroup("norms", (Tensor("*.layer_norm.weight", (d,), 2 * e + 3 * dl + 2),)),
+            TensorGroup("relative bias", (Tensor("block.0.layer.0.SelfAttention.relative_attention_bias", (T5_BUCKETS, h), 2),)),
+            head,
+        ]
+    n = spec.layers
+    return [
+        TensorGroup(
+            "embedding",
+            (
+                Tensor("embeddings.word_embeddings", (v, d), 1),
+                Tensor("embeddings.position_embeddings", (spec.max_positions, d), 1),
+                Tensor("embeddings.token_type_embeddings", (2, d), 1),
+            ),
+        ),
+        TensorGroup(
+            "attention q/k/v",
+            (Tensor("layer.{i}.attention.self.{query,key,value}.weight", (d, d), 3 * n), Tensor("....bias", (d,), 3 * n)),
+        ),
+        TensorGroup("attention o", (Tensor("layer.{i}.attention.output.dense.weight", (d, d), n), Tensor("....bias", (d,), n))),
+        TensorGroup("feed-forward in", (Tensor("layer.{i}.intermediate.dense.weight", (ff, d), n), Tensor("....bias", (ff,), n))),
+        TensorGroup("feed-forward out", (Tensor("layer.{i}.output.dense.weight", (d, ff), n), Tensor("....bias", (d,), n))),
+        TensorGroup("norms", (Tensor("*.LayerNorm.{weight,bias}", (d,), 2 * (2 * n + 1)),)),
+        TensorGroup(
+            "lm head",
+            (
+                Tensor("cls.predictions.transform.dense.weight", (d, d), 1),
+                Tensor("cls.predictions.transform.dense.bias", (d,), 1),
+                Tensor("cls.predictions.transform.LayerNorm.{weight,bias}", (d,), 2),
+                Tensor("cls.predictions.bias", (v,), 1),
+            ),
+            note="decoder tied",
+        ),
+    ]
+
+
+@dataclass(frozen=True)
+class GroupChange:
+    name: str
+    before: str
+    after: str
+    params_before: int
+    params_after: int
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+
+def shape_changes(src: ModelSpec, dst: ModelSpec) -> list[GroupChange]:
+    """Per tensor group: shapes and parameter counts before and after a growth."""
+    before = {g.name: g for g in tensor_groups(src)}
+    after = {g.name: g for g in tensor_groups(dst)}
+    return [
+        GroupChange(name, before[name].shape_text(), after[name].shape_text(), before[name].params, after[name].params)
+        for name in before
+    ]
+
+
+def flops_per_token(spec: ModelSpec) -> int:
+    """Training FLOPs per token, the usual 6 * N estimate (forward 2N + backward 4N).
+
+    For t5 this counts every parameter against every token of the sequence, an upper estimate:
+    encoder and decoder actually see the corrupted input and the shorter target respectively.
+    """
+    return 6 * spec.params
+
+
+def train_memory_bytes(spec: ModelSpec) -> int:
+    """Weights, gradients and AdamW moments in fp32; activations not included."""
+    return TRAIN_BYTES_PER_PARAM * spec.params
+
+
+def human(n: float, unit: str = "") -> str:
+    """1234567 -> '1.23M'."""
+    for size, suffix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{suffix}{unit}"
+    return f"{n:.3g}{unit}" if isinstance(n, float) else f"{n}{unit}"
+
+
+def human_bytes(n: float) -> str:
+    for size, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if n >= size:
+            return f"{n / size:.3g} {suffix}"
+    return f"{int(n)} B"

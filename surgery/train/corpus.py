@@ -115,18 +115,22 @@ def _read_files(files: tuple[Path, ...], min_chars: int) -> list[str]:
     return [d.strip() for d in docs if d and len(d.strip()) >= min_chars]
 
 
-def load_documents(corpus: Corpus, seed: int = 0, valid_ratio: int = 199) -> tuple[list[str], list[str]]:
-    """Train and validation documents. Without a validation file, split by document, `valid_ratio`:1
-    (the seed's 199:1), keeping at least a few validation documents so small corpora still validate."""
+def load_documents(corpus: Corpus, seed: int = 0, val_fraction: float = 0.005,
+                   max_docs: int | None = None) -> tuple[list[str], list[str]]:
+    """Train and validation documents. Without a validation file, split by document (the seed's
+    199:1 by default), keeping at least a few validation documents so small corpora still
+    validate. `max_docs` keeps the first N training documents (mini-scale runs)."""
     import random
 
     train = _read_files(corpus.train_files, corpus.min_chars)
+    if max_docs is not None:
+        train = train[:max_docs]
     if corpus.valid_files:
         valid = _read_files(corpus.valid_files, corpus.min_chars)
     else:
         order = list(range(len(train)))
         random.Random(seed).shuffle(order)
-        n_valid = max(round(len(train) / (valid_ratio + 1)), min(32, len(train) // 10), 1)
+        n_valid = max(round(len(train) * val_fraction), min(32, len(train) // 10), 1)
         held = set(order[:n_valid])
         valid = [d for i, d in enumerate(train) if i in held]
         train = [d for i, d in enumerate(train) if i not in held]

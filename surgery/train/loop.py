@@ -20,7 +20,7 @@ from surgery.errors import SurgeryError
 from surgery.train import checkpoint as ckpt
 from surgery.train.data import BatchOrder, step_rng, to_blocks, tokenize_documents, validation_batches
 from surgery.train.objectives import make_objective
-from surgery.train.schedule import RunSettings, Segment, lr_at, to_steps
+from surgery.train.schedule import LrCurve, RunSettings, Segment
 from surgery.train.corpus import load_documents, resolve_corpus
 from surgery.train.tokenizer import get_tokenizer
 
@@ -50,7 +50,7 @@ def make_optimizer(model, s: RunSettings):
             continue
         (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     groups = [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.999), eps=1e-8)
+    return torch.optim.AdamW(groups, lr=s.lr, betas=tuple(s.betas), eps=s.eps)
 
 
 class Trainer:
@@ -66,8 +66,13 @@ class Trainer:
         self.run_name, self.plan_json, self.resume, self.quiet = run_name, plan_json, resume, quiet
         self.corpus_base = corpus_base
         self.stop_after_step = stop_after_step  # tests: stop as if killed, without the kill
-        use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        self.acc = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available())
+        cuda = torch.cuda.is_available()
+        precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}.get(settings.precision)
+        if precision is None:  # auto: bf16 where the device has it
+            precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+        if precision != "no" and not cuda:
+            raise SurgeryError(f"precision={settings.precision} needs a GPU; use precision=auto or fp32 on CPU")
+        self.acc = Accelerator(mixed_precision=precision, cpu=not cuda)
         self.family = segments[0].spec.family
         self.vocab = segments[0].spec.vocab
 
@@ -75,7 +80,7 @@ class Trainer:
     def prepare_data(self, progress=None):
         s = self.s
         corpus = resolve_corpus(s.corpus, self.corpus_base)
-        train_docs, valid_docs = load_documents(corpus, seed=s.seed, valid_ratio=s.valid_ratio)
+        train_docs, valid_docs = load_documents(corpus, seed=s.seed, val_fraction=s.val_fraction, max_docs=s.corpus_docs)
         self.tokenizer = get_tokenizer(corpus, train_docs, self.family, self.vocab)
         if len(self.tokenizer) > self.vocab:
             raise SurgeryError(f"tokenizer has {len(self.tokenizer)} tokens, more than the model's vocab={self.vocab}")
@@ -154,8 +159,12 @@ class Trainer:
         with progress:
             self.prepare_data(progress)
             spe = self.order.steps_per_epoch
-            segments = [self._resolve(seg, spe) for seg in self.segments]
-            total = segments[-1].end
+            bounds = [seg.steps(spe) for seg in self.segments]
+            segments = self.segments
+            total = bounds[-1][1]
+            curve = LrCurve.of(self.s, total, spe)
+            if any(b[1] <= b[0] for b in bounds):
+                raise SurgeryError(f"with {spe} steps per epoch a stage would train for no steps: {bounds}")
             state = {"segment": 0, "step": 0, "tokens": 0, "wall_s": 0.0, "metrics_lines": 0, "stopped": False}
             model, opt_state, resumed = None, None, False
             latest = ckpt.latest_checkpoint(ckpt_root) if self.resume else None
@@ -180,16 +189,17 @@ class Trainer:
 
             for index in range(state["segment"], len(segments)):
                 seg = segments[index]
+                seg_start, seg_end = bounds[index]
                 if state["stopped"]:
                     break
                 grown = False
                 if model is None:
                     model = self.first_model(seg)
                     grown = seg.grow is not None
-                elif not (resumed and step < seg.end and index == state["segment"]):
+                elif not (resumed and step < seg_end and index == state["segment"]):
                     # The previous segment's model grows into this one (also when resuming at a
                     # segment boundary: the checkpoint holds the model before growth).
-                    if step >= seg.end:
+                    if step >= seg_end:
                         if not (self.out / "stages" / f"{index}-{seg.name}").exists():
                             self.save_stage(model, seg, index)
                         continue
@@ -197,7 +207,8 @@ class Trainer:
                     raw = self.acc.unwrap_model(model)
                     grown_result = grow_model(raw.cpu(), prev.spec, seg.spec, seg.grow.op, seed=self.s.seed + index,
                                               options=seg.grow.args)
-                    opt_state = grown_result.grow_optimizer_state(opt_state or {}) if opt_state else None
+                    keep = opt_state and self.s.optimizer_on_grow == "grow"
+                    opt_state = grown_result.grow_optimizer_state(opt_state) if keep else None
                     model = grown_result.model
                     grown = True
                     log({"event": "grow", "stage": index, "model": seg.name, "op": seg.grow.op, "step": step,
@@ -212,14 +223,14 @@ class Trainer:
                     ckpt.restore_rng(rng)
                     latest = None
                 model, optimizer = self.acc.prepare(model, optimizer)
-                if grown or (step == seg.start and index == 0 and not metrics.rows):
+                if grown or (step == seg_start and index == 0 and not metrics.rows):
                     vl = self.validate(model)
                     log({"stage": index, "model": seg.name, "step": step, "tokens": state["tokens"],
                          "train_loss": None, "val_loss": vl})
                 progress.update(task, description=f"{index}:{seg.name}")
                 tick, recent = time.perf_counter(), []
-                while step < seg.end and not state["stopped"]:
-                    lr = lr_at(step, total, self.s, seg.start, grown=index > 0)
+                while step < seg_end and not state["stopped"]:
+                    lr = curve(step, grown_at=seg_start if index > 0 else None)
                     for g in optimizer.param_groups:
                         g["lr"] = lr
                     loss_sum = 0.0
@@ -240,10 +251,11 @@ class Trainer:
                     recent.append(loss_sum)
                     row = {"stage": index, "model": seg.name, "step": step, "tokens": state["tokens"],
                            "train_loss": loss_sum, "lr": lr}
-                    validate_now = step % self.s.val_every == 0 or step == seg.end
+                    validate_now = step % self.s.val_every == 0 or step == seg_end
                     if validate_now:
                         row["val_loss"] = self.validate(model)
-                        if self.s.until_val_loss is not None and row["val_loss"] <= self.s.until_val_loss:
+                        target = self.s.until_val_loss
+                        if target is not None and (row["val_loss"] < target if self.s.until_strict else row["val_loss"] <= target):
                             state["stopped"] = True
                             row["event"] = "until"
                     if validate_now or step % self.s.log_every == 0:
@@ -251,7 +263,7 @@ class Trainer:
                     rate = self.tokens_per_step * len(recent) / max(1e-9, time.perf_counter() - tick)
                     progress.update(task, completed=step, info=f"loss {np.mean(recent[-20:]):.3f}  {rate:,.0f} tok/s")
                     every = self.s.ckpt_every or self.s.val_every
-                    at_end = step == seg.end or state["stopped"]
+                    at_end = step == seg_end or state["stopped"]
                     if step % every == 0 or at_end:
                         state.update(segment=index, step=step, wall_s=time.perf_counter() - t0,
                                      metrics_lines=metrics.count)
@@ -273,9 +285,3 @@ class Trainer:
 
         plot_run(self.out)
         return summary
-
-    @staticmethod
-    def _resolve(seg: Segment, spe: int) -> Segment:
-        from dataclasses import replace
-
-        return replace(seg, start=to_steps(seg.start, seg.unit, spe), end=to_steps(seg.end, seg.unit, spe), unit="steps")

@@ -1,12 +1,24 @@
 """A plan compiled to optimizer steps: which model trains from which step to which, and how
-each model comes to be (built fresh, loaded from a checkpoint, or grown from the one before)."""
+each model comes to be (built fresh, loaded from a checkpoint, or grown from the one before).
+
+Points stay in the recipe's units (epochs or steps) until the data fixes an epoch's length;
+`resolve` then turns every point into a step.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from surgery.spec import ModelSpec
+
+# (value, unit) with unit "ep" or "steps", as the plan's Point.
+At = tuple[float, str]
+
+
+def to_steps(at: At, steps_per_epoch: int) -> int:
+    value, unit = at
+    return int(round(value * steps_per_epoch)) if unit == "ep" else int(round(value))
 
 
 @dataclass(frozen=True)
@@ -17,65 +29,120 @@ class Growth:
 
 @dataclass(frozen=True)
 class Segment:
-    """Train `spec` over optimizer steps [start, end). `grow` turns the previous segment's model
-    into this one at `start`; the first segment may instead load `init_from` (a checkpoint of
-    `init_spec`) and grow it by `grow` before any training."""
+    """Train `spec` over [start, end). `grow` turns the previous segment's model into this one at
+    `start`; the first segment may instead load `init_from` (a checkpoint of `init_spec`) and,
+    if `grow` is set, grow it before any training."""
 
     name: str
     spec: ModelSpec
-    start: float
-    end: float
-    unit: str = "steps"  # "steps" or "ep"; resolved to steps once the data fixes an epoch's length
+    start: At
+    end: At
     grow: Growth | None = None
     init_from: str | None = None
     init_spec: ModelSpec | None = None
+
+    def steps(self, steps_per_epoch: int) -> tuple[int, int]:
+        return to_steps(self.start, steps_per_epoch), to_steps(self.end, steps_per_epoch)
 
 
 @dataclass
 class RunSettings:
     corpus: str = "demo"
+    corpus_docs: int | None = None
     objective: str = "span_corruption"
     objective_params: dict = field(default_factory=dict)
     batch_size: int = 8
     seq_len: int = 128
     grad_accum: int = 1
     lr: float = 1e-3
-    # Warmup in steps when >= 1, else as a fraction of all steps.
-    warmup: float = 0.02
+    # Warmup as (value, unit): unit "steps", "ep", or "fraction" of all steps.
+    warmup: tuple[float, str] = (0.01, "fraction")
     weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
     schedule: str = "linear"
-    # At a growth: "continue" keeps the run's one LR curve; "rewarm" warms the grown model up again
-    # over `rewarm_steps` to the curve's value (new units start with no optimizer history).
+    # At a growth: "continue" keeps the run's one LR curve; "rewarm" warms the grown model up
+    # again over `rewarm` to the curve's value.
     on_grow: str = "continue"
-    rewarm_steps: int = 0
+    rewarm: At | None = None
+    # "grow": AdamW moments follow the weights (surgery.ops); "reset": a fresh AdamW.
+    optimizer_on_grow: str = "grow"
+    precision: str = "auto"
     val_every: int = 100
     val_batches: int = 8
     ckpt_every: int = 0  # 0: at every validation
     log_every: int = 10
     seed: int = 0
     until_val_loss: float | None = None
+    until_strict: bool = False  # `until val_loss < X` rather than <=
     max_grad_norm: float = 1.0
-    valid_ratio: int = 199
+    val_fraction: float = 0.005
 
 
-def to_steps(value: float, unit: str, steps_per_epoch: int) -> int:
-    return int(round(value * steps_per_epoch)) if unit == "ep" else int(round(value))
+@dataclass(frozen=True)
+class LrCurve:
+    """The run's learning rate: warmup then linear/cosine/constant over the whole budget, the
+    same curve across growths (`continue`), optionally re-warmed after each growth (`rewarm`)."""
 
+    lr: float
+    total: int
+    warmup: int
+    schedule: str
+    rewarm: int = 0
 
-def lr_at(step: int, total: int, s: RunSettings, segment_start: int = 0, grown: bool = False) -> float:
-    """The run's learning rate: warmup then linear/cosine decay over the whole budget, the same
-    curve across growths (`continue`), optionally re-warmed after each growth (`rewarm`)."""
-    warm = int(s.warmup if s.warmup >= 1 else math.ceil(s.warmup * total))
-    if step < warm:
-        base = s.lr * (step + 1) / warm
-    else:
-        frac = (step - warm) / max(1, total - warm)
-        if s.schedule == "cosine":
-            base = s.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
-        elif s.schedule == "constant":
-            base = s.lr
+    @classmethod
+    def of(cls, s: RunSettings, total: int, steps_per_epoch: int) -> "LrCurve":
+        value, unit = s.warmup
+        warm = math.ceil(value * total) if unit == "fraction" else to_steps((value, unit), steps_per_epoch)
+        rewarm = to_steps(s.rewarm, steps_per_epoch) if (s.on_grow == "rewarm" and s.rewarm) else 0
+        return cls(s.lr, total, max(0, warm), s.schedule, rewarm)
+
+    def __call__(self, step: int, grown_at: int | None = None) -> float:
+        if step < self.warmup:
+            base = self.lr * (step + 1) / self.warmup
         else:
-            base = s.lr * max(0.0, 1.0 - frac)
-    if grown and s.on_grow == "rewarm" and s.rewarm_steps > 0 and step - segment_start < s.rewarm_steps:
-        base *= (step - segment_start + 1) / s.rewarm_steps
-    return base
+            frac = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+            if self.schedule == "cosine":
+                base = self.lr * 0.5 * (1 + math.cos(math.pi * frac))
+            elif self.schedule == "constant":
+                base = self.lr
+            else:
+                base = self.lr * (1.0 - frac)
+        if grown_at is not None and self.rewarm and step - grown_at < self.rewarm:
+            base *= (step - grown_at + 1) / self.rewarm
+        return base
+
+
+def compile_plan(plan) -> tuple[list[Segment], RunSettings]:
+    """The plan's stages as segments, and its training settings as RunSettings."""
+    segments: list[Segment] = []
+    pending: tuple[Growth, str | None, ModelSpec | None] | None = None
+    budget = (plan.train.budget.value, plan.train.budget.unit)
+    for stage in plan.stages:
+        if stage.kind == "grow":
+            source = plan.checkpoints.get(stage.from_model) if stage.init else None
+            pending = (Growth(stage.op, dict(stage.args)), source, plan.models[stage.from_model] if stage.init else None)
+            continue
+        end = (stage.end.value, stage.end.unit) if stage.end is not None else budget
+        seg = Segment(stage.model, plan.models[stage.model], (stage.start.value, stage.start.unit), end,
+                      init_from=stage.init_from)
+        if pending is not None:
+            growth, source, src_spec = pending
+            seg = replace(seg, grow=growth, init_from=source or seg.init_from, init_spec=src_spec)
+            pending = None
+        segments.append(seg)
+    t = plan.train
+    opt = t.optimizer
+    warmup = (0.01, "fraction") if opt.warmup is None else (opt.warmup.value, opt.warmup.unit)
+    rw = t.lr_on_grow.rewarm
+    settings = RunSettings(
+        corpus=t.corpus, corpus_docs=t.corpus_docs, objective=t.objective.name,
+        objective_params=dict(t.objective.params), batch_size=t.batch_size, seq_len=t.seq_len,
+        grad_accum=t.grad_accum, lr=opt.lr, warmup=warmup, weight_decay=opt.weight_decay,
+        betas=(opt.beta1, opt.beta2), eps=opt.eps, schedule=opt.schedule, on_grow=t.lr_on_grow.policy,
+        rewarm=(rw.value, rw.unit) if rw else None, optimizer_on_grow=t.optimizer_on_grow,
+        precision=t.precision, val_every=t.val_every, seed=t.seed,
+        until_val_loss=t.until.value if t.until else None, until_strict=bool(t.until and t.until.op == "<"),
+        max_grad_norm=opt.max_grad_norm, val_fraction=t.val_fraction,
+    )
+    return segments, settings

@@ -6,7 +6,7 @@ import torch
 
 from surgery.finetune.data import NLI_LABELS, load_nli
 from surgery.finetune.loop import autocast, batches
-from surgery.finetune.tasks import Task, input_keys
+from surgery.finetune.tasks import Task, cap, input_keys
 
 
 class KlueNli(Task):
@@ -18,8 +18,8 @@ class KlueNli(Task):
 
     def load(self):
         p = self.params
-        train = load_nli(p.train_data, "train")[: p.limit]
-        dev = load_nli(p.eval_data, "dev")[: p.eval_cap]
+        train = cap(load_nli(p.train_data, "train"), p.limit, p.seed)
+        dev = cap(load_nli(p.eval_data, "dev"), p.eval_cap, p.split_seed)
         return train, {"dev": dev}
 
     def head_config(self):

@@ -15,7 +15,7 @@ import torch
 from surgery.errors import SurgeryError
 from surgery.finetune.data import load_korquad
 from surgery.finetune.loop import autocast, batches
-from surgery.finetune.tasks import Task, input_keys
+from surgery.finetune.tasks import Task, cap, input_keys
 from surgery.metrics import korquad_scores
 
 N_BEST = 20
@@ -34,7 +34,7 @@ class KorquadExtractive(Task):
     def load(self):
         p = self.params
         train, dev = load_korquad(p.train_data, p.eval_data, p.split_seed)
-        return train[: p.limit], {"dev": dev[: p.eval_cap]}
+        return cap(train, p.limit, p.seed), {"dev": cap(dev, p.eval_cap, p.split_seed)}
 
     def _windows(self, examples, tokenizer):
         if not tokenizer.is_fast:

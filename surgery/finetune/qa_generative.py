@@ -5,6 +5,7 @@ from __future__ import annotations
 from surgery.finetune.data import load_korquad
 from surgery.finetune.qa_extractive import KorquadExtractive
 from surgery.finetune.seq2seq import TextToText
+from surgery.finetune.tasks import cap
 from surgery.metrics import korquad_scores
 
 
@@ -18,7 +19,7 @@ class KorquadGenerative(TextToText):
     def load(self):
         p = self.params
         train, dev = load_korquad(p.train_data, p.eval_data, p.split_seed)
-        return train[: p.limit], {"dev": dev[: p.eval_cap]}
+        return cap(train, p.limit, p.seed), {"dev": cap(dev, p.eval_cap, p.split_seed)}
 
     def source_text(self, example):
         # Question first, so truncating a long input cuts the context's end, never the question.

@@ -43,6 +43,17 @@ class Task:
         raise NotImplementedError
 
 
+def cap(examples: list, n: int | None, seed: int) -> list:
+    """At most n examples: a seeded sample kept in file order, so a `--limit` run is not one genre
+    or a few articles (KLUE-NLI's train file runs genre by genre)."""
+    if n is None or len(examples) <= n:
+        return examples
+    import random
+
+    keep = sorted(random.Random(seed).sample(range(len(examples)), n))
+    return [examples[i] for i in keep]
+
+
 def input_keys(config) -> tuple[str, ...]:
     # Segment ids only for models that have a segment embedding (BERT); T5 has none.
     if getattr(config, "type_vocab_size", 0) > 1:

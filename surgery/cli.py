@@ -125,6 +125,27 @@ def grow(
         grow_command(src, op=op, to=to, out=out, seed=seed)
 
 
+@app.command()
+def finetune(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint folder: config.json, *.safetensors and its tokenizer."),
+    task: str = typer.Option(..., "--task", help="klue-nli, korquad-ext, korquad-gen, news-summ; comma-separated or 'all'."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default CHECKPOINT/finetune); one subfolder per task."),
+    epochs: int = typer.Option(3, "--epochs", help="Training epochs."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Cap training and eval examples, for quick runs."),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 5e-5 encoders, 3e-4 T5)."),
+    seed: int = typer.Option(42, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)."),
+):
+    """Fine-tune a checkpoint on the study's downstream tasks; scores.json per task, Table 2 average."""
+    with user_errors():
+        from surgery.finetune.cli import finetune_command
+
+        finetune_command(
+            checkpoint, task, out, epochs=epochs, limit=limit, batch_size=batch_size, lr=lr, seed=seed, device=device
+        )
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

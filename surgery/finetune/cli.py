@@ -1,0 +1,38 @@
+"""`surgery finetune`: run tasks one after another, print their scores and the Table 2 average."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from surgery.errors import SurgeryError
+from surgery.finetune.run import finetune
+from surgery.finetune.tasks import TASKS
+from surgery.metrics import TABLE2_AVERAGED, table2_average
+
+
+def parse_tasks(text: str) -> list[str]:
+    names = list(TASKS) if text.strip() == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in names if t not in TASKS]
+    if unknown or not names:
+        raise SurgeryError(f"unknown task {', '.join(unknown) or repr(text)}: choose from {', '.join(TASKS)} or 'all'")
+    return names
+
+
+def finetune_command(checkpoint: Path, task: str, out: Path | None, **params) -> dict[str, dict[str, float]]:
+    names = parse_tasks(task)
+    root = out if out is not None else checkpoint / "finetune"
+    params = {k: v for k, v in params.items() if v is not None}
+    results = {name: finetune(checkpoint, name, root / name, **params) for name in names}
+    table = Table(title=f"fine-tuning {checkpoint}")
+    for column in ("task", "score", "value"):
+        table.add_column(column)
+    for name, scores in results.items():
+        for metric, value in scores.items():
+            table.add_row(name, metric, f"{value:.2f}")
+    if all(t in results for t, _ in TABLE2_AVERAGED):
+        table.add_row("average", "Table 2 (NLI acc, Ext F1, Gen F1, ROUGE-L)", f"{table2_average(results):.2f}")
+    Console().print(table)
+    return results

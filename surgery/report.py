@@ -20,9 +20,9 @@ from surgery.train.curves import plot_runs, read_metrics
 # Table 2's score columns: (task, score key, header).
 SCORE_COLUMNS = (
     ("klue-nli", "accuracy", "NLI Acc"),
-    ("korquad-ext", "em", "Ext EM"),
+    ("korquad-ext", "exact_match", "Ext EM"),
     ("korquad-ext", "f1", "Ext F1"),
-    ("korquad-gen", "em", "Gen EM"),
+    ("korquad-gen", "exact_match", "Gen EM"),
     ("korquad-gen", "f1", "Gen F1"),
     ("news-summ", "rouge_l", "ROUGE-L"),
 )

@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Mapping
 import torch
 
 from surgery.errors import SurgeryError
-from surgery.families import layout_of_checkpoint
+from surgery.families import FAMILIES, layout_of_checkpoint
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -61,6 +61,9 @@ class Checkpoint:
             self.config: dict = json.loads(cfg_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise SurgeryError(f"{cfg_path}: not valid JSON ({err})") from None
+        if self.config.get("model_type") not in FAMILIES:
+            raise SurgeryError(f"{self.path}: unsupported architecture {self.config.get('model_type')!r} "
+                               f"(supported: {', '.join(FAMILIES)})")
         self._files: dict[str, Path] = {}
         index = self.path / INDEX_NAME
         if index.is_file():
@@ -223,6 +226,7 @@ def _model_tasks(model) -> tuple[dict, list[TensorTask]]:
         seen.add(key)
         tasks.append(TensorTask(name, tuple(t.shape), t.dtype, (lambda t=t: t.clone())))
     config = model.config.to_dict()
+    config["architectures"] = [type(model).__name__]
     return config, tasks
 
 

@@ -106,7 +106,8 @@ def layout_of_checkpoint(config: dict, names: set[str], get: Callable[[str], tor
         raise SurgeryError(f"unsupported architecture {model_type!r} (supported: {', '.join(FAMILIES)})")
     cls = next((a for a in archs if a in SUPPORTED_CLASSES), None)
     if cls is None:
-        cls = {"t5": "T5ForConditionalGeneration", "bert": "BertModel"}[model_type]
+        mlm = "cls.predictions.transform.dense.weight" in names
+        cls = {"t5": "T5ForConditionalGeneration", "bert": "BertForMaskedLM" if mlm else "BertModel"}[model_type]
         if archs:
             raise SurgeryError(f"unsupported architecture {archs[0]} (supported: {', '.join(SUPPORTED_CLASSES)})")
     try:

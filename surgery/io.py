@@ -1,0 +1,258 @@
+"""Checkpoint folders: `config.json` + `*.safetensors` (one file, or shards with
+`model.safetensors.index.json`), read lazily tensor by tensor and written by streaming.
+
+- `load_checkpoint(path) -> Checkpoint`: spec, family, layout, config, and lazy tensor access
+  (`get(name)` maps one tensor through safetensors' safe_open; nothing is read up front).
+  `Checkpoint.model()` loads it with transformers' from_pretrained.
+- `save_checkpoint(out_dir, source, config=None)`: source is a PreTrainedModel, a dict of tensors
+  (with `config`), or a list of `TensorTask`s (name, shape, dtype, make) made one at a time. The
+  safetensors header is written first from the known shapes and each tensor's bytes follow as
+  soon as it is made, so peak memory is about one tensor, not one model. Tied tensors are written
+  once (transformers re-ties them on load); any tensor is cloned to contiguous memory before
+  writing, so shared storage never reaches the file.
+- Writes are atomic: everything goes to a temporary folder beside the target, renamed into place
+  at the end; on any error the temporary folder is removed and the target is untouched.
+Only safetensors is read: no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import torch
+
+from surgery.errors import SurgeryError
+from surgery.families import FAMILIES, layout_of_checkpoint
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+DEFAULT_SHARD_BYTES = 2 * 1024**3
+# Files beside the weights that describe the tokenizer or generation: carried over to the output.
+CARRIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                 "spiece.model", "sentencepiece.bpe.model", "merges.txt", "vocab.json", "added_tokens.json",
+                 "generation_config.json")
+
+_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+class Checkpoint:
+    """A checkpoint folder opened lazily."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise SurgeryError(f"{self.path}: no such checkpoint folder")
+        cfg_path = self.path / "config.json"
+        if not cfg_path.is_file():
+            raise SurgeryError(f"{self.path}: no config.json")
+        try:
+            self.config: dict = json.loads(cfg_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise SurgeryError(f"{cfg_path}: not valid JSON ({err})") from None
+        if self.config.get("model_type") not in FAMILIES:
+            raise SurgeryError(f"{self.path}: unsupported architecture {self.config.get('model_type')!r} "
+                               f"(supported: {', '.join(FAMILIES)})")
+        self._files: dict[str, Path] = {}
+        index = self.path / INDEX_NAME
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise SurgeryError(f"{index}: not a safetensors index ({err})") from None
+            self._files = {k: self.path / v for k, v in weight_map.items()}
+        elif (self.path / SINGLE_NAME).is_file():
+            files = [self.path / SINGLE_NAME]
+            self._files = None  # filled below
+        else:
+            files = sorted(self.path.glob("*.safetensors"))
+            if not files:
+                bins = list(self.path.glob("*.bin")) + list(self.path.glob("*.pt"))
+                hint = " (pickle .bin weights are not read: convert them to safetensors)" if bins else ""
+                raise SurgeryError(f"{self.path}: no *.safetensors weights{hint}")
+            self._files = None
+        self._handles: dict[Path, object] = {}
+        if self._files is None:
+            self._files = {}
+            for f in files:
+                for k in self._open(f).keys():
+                    self._files[k] = f
+        for f in set(self._files.values()):
+            if not f.is_file():
+                raise SurgeryError(f"{f}: shard named in {INDEX_NAME} is missing")
+        self.family, self.layout, self.spec = layout_of_checkpoint(self.config, set(self._files), self.get)
+
+    def _open(self, f: Path):
+        from safetensors import SafetensorError, safe_open
+
+        if f not in self._handles:
+            try:
+                self._handles[f] = safe_open(str(f), framework="pt")
+            except (SafetensorError, OSError, ValueError) as err:
+                raise SurgeryError(f"{f}: not a readable safetensors file ({err})") from None
+        return self._handles[f]
+
+    def names(self) -> list[str]:
+        return list(self._files)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._files
+
+    def get(self, name: str) -> torch.Tensor:
+        from safetensors import SafetensorError
+
+        if name not in self._files:
+            raise SurgeryError(f"{self.path}: checkpoint has no tensor {name}")
+        try:
+            return self._open(self._files[name]).get_tensor(name)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise SurgeryError(f"{self._files[name]}: cannot read tensor {name} ({err})") from None
+
+    def dtype(self, name: str) -> torch.dtype:
+        return _DTYPES[self._open(self._files[name]).get_slice(name).get_dtype()]
+
+    def model(self):
+        """The checkpoint as its transformers class, loaded by from_pretrained."""
+        import transformers
+
+        cls = getattr(transformers, self.layout.model_class)
+        return cls.from_pretrained(str(self.path))
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    return Checkpoint(Path(path))
+
+
+@dataclass
+class TensorTask:
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    make: Callable[[], torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n * torch.empty((), dtype=self.dtype).element_size()
+
+
+@contextmanager
+def atomic_folder(out_dir: str | Path):
+    """Yield a temporary folder that becomes `out_dir` only if the block completes."""
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SurgeryError(f"{out}: output folder exists and is not empty")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_safetensors(path: Path, tasks: list[TensorTask], metadata: dict[str, str]) -> None:
+    header: dict = {"__metadata__": metadata}
+    offset = 0
+    for t in tasks:
+        header[t.name] = {"dtype": _NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for t in tasks:
+            x = t.make()
+            if tuple(x.shape) != tuple(t.shape):
+                raise RuntimeError(f"{t.name}: made shape {tuple(x.shape)}, planned {t.shape}")
+            x = x.detach().to("cpu", t.dtype).contiguous()
+            f.write(x.reshape(-1).view(torch.uint8).numpy().tobytes() if x.numel() else b"")
+            del x
+
+
+def write_tensors(folder: Path, tasks: Iterable[TensorTask], shard_bytes: int = DEFAULT_SHARD_BYTES) -> list[str]:
+    """Write tasks into `folder` as model.safetensors or shards + index. Returns the file names."""
+    tasks = list(tasks)
+    shards: list[list[TensorTask]] = [[]]
+    size = 0
+    for t in tasks:
+        if shards[-1] and size + t.nbytes > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += t.nbytes
+    meta = {"format": "pt"}
+    if len(shards) == 1:
+        _write_safetensors(folder / SINGLE_NAME, shards[0], meta)
+        return [SINGLE_NAME]
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    weight_map = {}
+    for name, shard in zip(names, shards):
+        _write_safetensors(folder / name, shard, meta)
+        weight_map.update({t.name: name for t in shard})
+    index = {"metadata": {"total_size": sum(t.nbytes for t in tasks)}, "weight_map": weight_map}
+    (folder / INDEX_NAME).write_text(json.dumps(index, indent=2))
+    return names + [INDEX_NAME]
+
+
+def _model_tasks(model) -> tuple[dict, list[TensorTask]]:
+    """A model's tensors with ties written once (the first name of each storage)."""
+    seen: set[int] = set()
+    tasks = []
+    for name, t in model.state_dict().items():
+        key = t.data_ptr()
+        if key in seen and t.numel():
+            continue
+        seen.add(key)
+        tasks.append(TensorTask(name, tuple(t.shape), t.dtype, (lambda t=t: t.clone())))
+    config = model.config.to_dict()
+    config["architectures"] = [type(model).__name__]
+    return config, tasks
+
+
+def save_checkpoint(out_dir: str | Path, source, config: dict | None = None, *,
+                    shard_bytes: int = DEFAULT_SHARD_BYTES, carry_from: str | Path | None = None) -> Path:
+    """Write `source` (model, {name: tensor} with config, or [TensorTask] with config) atomically."""
+    if hasattr(source, "state_dict") and hasattr(source, "config"):
+        model_config, tasks = _model_tasks(source)
+        config = config or model_config
+    elif isinstance(source, Mapping):
+        if config is None:
+            raise ValueError("save_checkpoint of a tensor dict needs config=")
+        tasks = [TensorTask(k, tuple(v.shape), v.dtype, (lambda v=v: v.clone())) for k, v in source.items()]
+    else:
+        if config is None:
+            raise ValueError("save_checkpoint of tensor tasks needs config=")
+        tasks = list(source)
+    with atomic_folder(out_dir) as tmp:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+        write_tensors(tmp, tasks, shard_bytes)
+        if carry_from is not None:
+            for name in CARRIED_FILES:
+                f = Path(carry_from) / name
+                if f.is_file():
+                    shutil.copy2(f, tmp / name)
+    return Path(out_dir)
+
+
+__all__ = ["Checkpoint", "TensorTask", "load_checkpoint", "save_checkpoint", "write_tensors", "atomic_folder"]

@@ -1,0 +1,144 @@
+"""Growth ops on the neutral view: depth (`d`, `d(identity)`), width (`f`, `a`, `l`) and their
+combinations (`da`, `df`, `dl`), in memory (`grow_model`, for a training loop that grows mid-run)
+or streaming between checkpoint folders (`grow_checkpoint`, for `surgery grow`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from surgery.errors import SurgeryError
+from surgery.families import layout_of_model, spec_of_model, untie_t5_head
+from surgery.ops.entries import Entry
+from surgery.ops.growth import OPS, GrowthPlan, parse_op, plan_growth
+from surgery.ops.optim import grow_state, load_optimizer_state, optimizer_state_by_name
+from surgery.spec import ModelSpec
+
+__all__ = ["OPS", "Growth", "GrowthPlan", "grow_model", "grow_checkpoint", "plan_growth", "parse_op",
+           "optimizer_state_by_name", "load_optimizer_state"]
+
+
+class _ModelSource:
+    """The small model's tensors and optimizer state, by neutral name."""
+
+    def __init__(self, plan: GrowthPlan, tensors: dict[str, torch.Tensor], state: dict[str, dict] | None = None):
+        self.slots = plan.src_view
+        self.tensors = tensors
+        self.state = state or {}
+
+    def _name(self, neutral: str, have) -> str | None:
+        s = self.slots[neutral]
+        return next((n for n in (s.hf, *s.aliases) if n in have), None)
+
+    def tensor(self, neutral):
+        name = self._name(neutral, self.tensors)
+        if name is None:
+            raise SurgeryError(f"source has no tensor for {neutral} ({self.slots[neutral].hf})")
+        return self.tensors[name]
+
+    def moment(self, neutral, key):
+        name = self._name(neutral, self.state)
+        return None if name is None else self.state[name].get(key)
+
+
+@dataclass
+class Growth:
+    """The result of growing a model in memory."""
+
+    model: object  # transformers PreTrainedModel, same class as the input, target dims
+    plan: GrowthPlan
+    _source: _ModelSource = field(repr=False)
+
+    def grow_optimizer_state(self, state: dict[str, dict]) -> dict[str, dict]:
+        """Adam state by parameter name ({"exp_avg", "exp_avg_sq", "step"}) of the small model ->
+        the same for every parameter of the grown model (rule: surgery/ops/optim.py)."""
+        src = _ModelSource(self.plan, self._source.tensors, state)
+        by_hf = self.plan.dst_view.by_hf()
+        entries, dtypes = {}, {}
+        for name, p in self.model.named_parameters():
+            slot = by_hf.get(name)
+            if slot is None:
+                raise SurgeryError(f"grown parameter {name} is not in the {self.plan.family.name} view")
+            entries[name] = self.plan.entries[slot.name]
+            dtypes[name] = p.dtype
+        return grow_state(entries, src, state, dtypes)
+
+
+def _new_model(model, config: dict, untied: bool):
+    from transformers.initialization import no_init_weights
+
+    cfg = type(model.config).from_dict(config)
+    with no_init_weights():
+        new = type(model)(cfg)
+    if untied:
+        untie_t5_head(new, torch.zeros_like(new.lm_head.weight))
+    return new
+
+
+def grow_model(model, src: ModelSpec, dst: ModelSpec, op: str, *, seed: int = 0, options: dict | None = None) -> Growth:
+    """Grow a transformers model (T5ForConditionalGeneration, BertForMaskedLM, BertModel) by `op`."""
+    family, layout = layout_of_model(model)
+    actual = spec_of_model(model)
+    if (actual.family, actual.stacks, actual.d_model, actual.heads, actual.d_ff, actual.head) != \
+            (src.family, src.stacks, src.d_model, src.heads, src.d_ff, src.head):
+        raise SurgeryError(f"the model is {actual.describe()} (head={actual.head}), not {src.describe()} (head={src.head})")
+    config = model.config.to_dict()
+    plan = plan_growth(family, src, dst, op, layout, config, seed=seed, options=options)
+    tensors = {k: v.detach() for k, v in model.state_dict().items()}
+    source = _ModelSource(plan, tensors)
+    new = _new_model(model, plan.config, layout.untied_head)
+    dtype = next(model.parameters()).dtype
+    device = next(model.parameters()).device
+    values = {s.hf: plan.entries[s.name].weight(source).to(dtype) for s in plan.dst_view}
+    missing, unexpected = new.load_state_dict(values, strict=False)
+    aliases = {a for s in plan.dst_view for a in s.aliases}
+    missing = [m for m in missing if m not in aliases]
+    if missing or unexpected:
+        raise SurgeryError(f"grown state does not fit {type(model).__name__}: missing {missing}, unexpected {unexpected}")
+    # Re-tie after loading (the untied head was dropped from the tie map, so it stays separate).
+    new.tie_weights(recompute_mapping=False)
+    new.to(device)
+    new.train(model.training)
+    return Growth(new, plan, source)
+
+
+def grow_checkpoint(src_dir, dst: ModelSpec, op: str, out_dir, seed: int = 0, options: dict | None = None, *,
+                    shard_bytes: int | None = None) -> GrowthPlan:
+    """Grow the checkpoint folder `src_dir` into `out_dir`, one tensor at a time."""
+    from surgery.io import DEFAULT_SHARD_BYTES, TensorTask, load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(src_dir)
+    plan = plan_growth(ckpt.family, ckpt.spec, dst, op, ckpt.layout, ckpt.config, seed=seed, options=options)
+
+    class _CkptSource:
+        def tensor(self, neutral):
+            s = plan.src_view[neutral]
+            name = next((n for n in (s.hf, *s.aliases) if n in ckpt), None)
+            if name is None:
+                raise SurgeryError(f"{src_dir}: checkpoint has no tensor {s.hf}")
+            return ckpt.get(name)
+
+        def moment(self, neutral, key):
+            return None
+
+    source = _CkptSource()
+    known = set(plan.src_view.by_hf())
+    import re
+
+    passthrough = [n for n in ckpt.names() if any(re.match(p, n) for p in ckpt.family.passthrough)]
+    unknown = sorted(set(ckpt.names()) - known - set(passthrough))
+    if unknown:
+        raise SurgeryError(f"{src_dir}: tensors the {ckpt.family.name} adapter does not know: "
+                           f"{', '.join(unknown[:3])}{' ...' if len(unknown) > 3 else ''}")
+    dtype = ckpt.dtype(plan.src_view["embed.tok"].hf) if plan.src_view["embed.tok"].hf in ckpt else torch.float32
+    tasks = [TensorTask(s.hf, s.shape(plan.dst_dims), dtype, (lambda e=plan.entries[s.name]: e.weight(source)))
+             for s in plan.dst_view]
+    tasks += [TensorTask(n, tuple(ckpt.get(n).shape), ckpt.dtype(n), (lambda n=n: ckpt.get(n))) for n in passthrough]
+    config = dict(plan.config)
+    if "architectures" not in config:
+        config["architectures"] = [ckpt.layout.model_class]
+    save_checkpoint(Path(out_dir), tasks, config, shard_bytes=shard_bytes or DEFAULT_SHARD_BYTES, carry_from=src_dir)
+    return plan

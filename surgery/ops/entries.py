@@ -1,0 +1,243 @@
+"""Lazy output tensors: each grown tensor is an Entry that knows how to make its weights and its
+Adam moments from the source, one tensor at a time.
+
+Entries form small trees (a depth copy of a widened read of a source tensor), so growth never
+holds more than the tensor being made and its direct inputs: the same entries serve in-memory
+growth, streaming checkpoint growth and optimizer-state growth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+
+from surgery.ops.mapping import Mapping
+from surgery.view import Axis, Kind, Role
+
+
+class Source(Protocol):
+    """The small model's tensors and optimizer moments by neutral name."""
+
+    def tensor(self, name: str) -> torch.Tensor: ...
+
+    def moment(self, name: str, key: str) -> torch.Tensor | None: ...
+
+
+MOMENT_POWER = {"exp_avg": 1, "exp_avg_sq": 2}
+
+
+def generator(seed: int, *parts: str) -> torch.Generator:
+    """A generator seeded by the op's seed and the tensor's name: results do not depend on the
+    order in which tensors are made."""
+    digest = hashlib.sha256("/".join((str(seed),) + parts).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+class Entry:
+    shape: tuple[int, ...]
+
+    def weight(self, src: Source) -> torch.Tensor:
+        raise NotImplementedError
+
+    def moment(self, src: Source, key: str) -> torch.Tensor:
+        """The Adam moment `key` of this tensor after growth; zeros where the weight is new."""
+        raise NotImplementedError
+
+    @property
+    def fresh(self) -> bool:
+        """True when nothing of this tensor comes from a trained source tensor."""
+        return False
+
+
+@dataclass
+class Read(Entry):
+    name: str
+    shape: tuple[int, ...]
+
+    def weight(self, src):
+        return src.tensor(self.name).to(torch.float32)
+
+    def moment(self, src, key):
+        m = src.moment(self.name, key)
+        return torch.zeros(self.shape) if m is None else m.to(torch.float32)
+
+
+@dataclass
+class Zero(Entry):
+    shape: tuple[int, ...]
+
+    def weight(self, src):
+        return torch.zeros(self.shape)
+
+    def moment(self, src, key):
+        return torch.zeros(self.shape)
+
+    @property
+    def fresh(self):
+        return True
+
+
+@dataclass
+class Built(Entry):
+    """A tensor constructed from other entries' weights (identity blocks); its moments start at 0."""
+
+    shape: tuple[int, ...]
+    fn: Callable[..., torch.Tensor]
+    deps: tuple[Entry, ...] = ()
+
+    def weight(self, src):
+        return self.fn(*(d.weight(src) for d in self.deps)).to(torch.float32)
+
+    def moment(self, src, key):
+        return torch.zeros(self.shape)
+
+    @property
+    def fresh(self):
+        return True
+
+
+@dataclass(frozen=True)
+class WidthRule:
+    """Everything a width op decides once for the whole model."""
+
+    maps: dict[Kind, Mapping]  # MODEL, HEADS, INNER, FF (identity where not grown)
+    split: str  # "uniform" (Net2Net: divide by copy count) or "random" (per-element, sums to 1)
+    pad_fill: str  # residual padding units: "zero" (RMSNorm) or "mean" (LayerNorm)
+    norm_scale: float  # sqrt(c): gain factor of norms over d_model (c = k*old/new, 1 without padding)
+    head_scale: float  # ratio of the head's input scaling, small / grown (T5 tied: sqrt(D/d))
+    seed: int
+
+
+@dataclass
+class Widen(Entry):
+    """A source tensor grown along each tagged axis by the rule of that axis' role."""
+
+    base: Entry
+    axes: tuple[Axis, ...]
+    rule: WidthRule
+    name: str
+    shape: tuple[int, ...]
+
+    def _axes_in_order(self):
+        # IN last: its random split is drawn on the otherwise fully grown tensor, so the split
+        # differs along every other axis (more symmetry broken per unit).
+        return sorted(range(len(self.axes)), key=lambda a: self.axes[a].role is Role.IN)
+
+    def weight(self, src):
+        t = self.base.weight(src)
+        for a in self._axes_in_order():
+            m = self.rule.maps.get(self.axes[a].kind)
+            if m is not None and not m.is_identity:
+                t = grow_axis(t, a, self.axes[a].role, m, self.rule, generator(self.rule.seed, self.name, str(a)))
+        return t
+
+    def moment(self, src, key):
+        t = self.base.moment(src, key)
+        for a in self._axes_in_order():
+            m = self.rule.maps.get(self.axes[a].kind)
+            if m is not None and not m.is_identity:
+                t = grow_moment_axis(t, a, self.axes[a].role, m, self.rule, MOMENT_POWER[key])
+        return t
+
+
+def _along(v: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
+    """Reshape a per-unit vector to broadcast along `axis` of an ndim tensor."""
+    shape = [1] * ndim
+    shape[axis] = -1
+    return v.reshape(shape)
+
+
+def _fill_pad(t: torch.Tensor, axis: int, m: Mapping, value: torch.Tensor | float) -> torch.Tensor:
+    if not bool(m.pad.any()):
+        return t
+    mask = _along(m.pad, axis, t.ndim)
+    return torch.where(mask, value, t)
+
+
+def grow_axis(t, axis, role, m: Mapping, rule: WidthRule, gen) -> torch.Tensor:
+    idx = m.src.clamp(min=0)
+    per_copy = m.count[idx]  # copies of the source unit of each new unit
+    g = t.index_select(axis, idx)
+    if role is Role.OUT:
+        pad = t.mean(dim=axis, keepdim=True) if rule.pad_fill == "mean" else 0.0
+        return _fill_pad(g, axis, m, pad)
+    if role is Role.IN:
+        if rule.split == "random":
+            w = 0.5 + torch.rand(g.shape, generator=gen)  # positive parts in [0.5, 1.5)
+            w = torch.where(_along(m.pad, axis, g.ndim), 0.0, w)
+            sums = torch.zeros_like(t).index_add_(axis, idx, w)
+            g = g * (w / sums.index_select(axis, idx))
+            # Padding units carry zero (RMSNorm) so any weight reading them is exact: draw them at
+            # the tensor's scale so they learn. Under LayerNorm they carry a constant: read none.
+            pad = (torch.randn(g.shape, generator=gen) * t.std()) if rule.pad_fill == "zero" else 0.0
+        else:
+            g = g / _along(per_copy, axis, g.ndim)
+            pad = 0.0
+        return _fill_pad(g, axis, m, pad)
+    if role is Role.NORM:
+        return _fill_pad(g * rule.norm_scale, axis, m, t.mean() * rule.norm_scale)
+    if role is Role.NORM_BIAS:
+        return _fill_pad(g, axis, m, t.mean())
+    if role is Role.HEAD_NORM:
+        return _fill_pad(g * (rule.norm_scale * rule.head_scale) / per_copy, axis, m, 0.0)
+    if role is Role.HEAD_NORM_BIAS:
+        return _fill_pad(g / per_copy, axis, m, 0.0)
+    raise ValueError(f"axis role {role} does not grow")
+
+
+def moment_divisor(role: Role, per_copy: torch.Tensor, rule: WidthRule) -> torch.Tensor | float:
+    """s = sum of the weight factors over all copies of a source entry.
+
+    If the grown model computes the small model's function and copies are symmetric, the grown
+    gradient of every copy is G / s (chain rule: the copies' gradients, weighted by their factors,
+    sum to G). Mapping exp_avg by 1/s and exp_avg_sq by 1/s^2 is then exactly the state the grown
+    model would hold had it been trained all along.
+    """
+    if role in (Role.OUT, Role.NORM_BIAS):
+        return per_copy
+    if role in (Role.IN, Role.HEAD_NORM_BIAS):
+        return 1.0  # reader splits sum to one over the copies
+    if role is Role.NORM:
+        return per_copy * rule.norm_scale
+    if role is Role.HEAD_NORM:
+        return rule.norm_scale * rule.head_scale
+    raise ValueError(f"axis role {role} does not grow")
+
+
+def grow_moment_axis(t, axis, role, m: Mapping, rule: WidthRule, power: int) -> torch.Tensor:
+    idx = m.src.clamp(min=0)
+    g = t.index_select(axis, idx)
+    s = moment_divisor(role, m.count[idx], rule)
+    if isinstance(s, torch.Tensor):
+        g = g / _along(s, axis, g.ndim) ** power
+    else:
+        g = g / s**power
+    return _fill_pad(g, axis, m, 0.0)
+
+
+@dataclass
+class Aki(Entry):
+    """bert2BERT AKI: units a widened block tensor produces beyond the old width come from the
+    same tensor of the block above (also widened); old units keep their own values."""
+
+    own: Widen
+    upper: Widen
+    shape: tuple[int, ...]
+
+    def _mask(self) -> torch.Tensor:
+        mask = torch.zeros(self.shape, dtype=torch.bool)
+        for a, ax in enumerate(self.own.axes):
+            m = self.own.rule.maps.get(ax.kind)
+            if ax.role is Role.OUT and m is not None and not m.is_identity:
+                new = torch.arange(m.new) >= m.old
+                mask |= _along(new, a, len(self.shape))
+        return mask
+
+    def weight(self, src):
+        return torch.where(self._mask(), self.upper.weight(src), self.own.weight(src))
+
+    def moment(self, src, key):
+        return torch.where(self._mask(), self.upper.moment(src, key), self.own.moment(src, key))

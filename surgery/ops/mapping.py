@@ -1,0 +1,70 @@
+"""Unit mappings: for each unit of a grown dimension, the source unit it starts from.
+
+`src[j]` is the old unit that new unit j copies, or -1 for a padding unit that has no source
+(lossless growth of the residual stream at non-integer ratios). Old units keep their place
+(`src[j] == j` for j < old), so the first `old` units of a grown tensor are the original ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+
+@dataclass(frozen=True)
+class Mapping:
+    old: int
+    src: torch.Tensor  # int64 [new]
+
+    @property
+    def new(self) -> int:
+        return int(self.src.numel())
+
+    @cached_property
+    def is_identity(self) -> bool:
+        return self.new == self.old and bool((self.src == torch.arange(self.old)).all())
+
+    @cached_property
+    def count(self) -> torch.Tensor:
+        """How many new units copy each old unit (float, [old])."""
+        return torch.bincount(self.src[self.src >= 0], minlength=self.old).to(torch.float32)
+
+    @cached_property
+    def pad(self) -> torch.Tensor:
+        return self.src < 0
+
+    @property
+    def uniform(self) -> bool:
+        """Every old unit has the same number of copies and nothing is padding."""
+        return not bool(self.pad.any()) and bool((self.count == self.count[0]).all())
+
+    def per_head(self, head_size: int) -> "Mapping":
+        """The mapping of the heads*d_kv axis when whole heads follow this head mapping."""
+        offs = torch.arange(head_size)
+        src = torch.where(self.src[:, None] >= 0, self.src[:, None] * head_size + offs, -1).reshape(-1)
+        return Mapping(self.old * head_size, src)
+
+
+def identity(n: int) -> Mapping:
+    return Mapping(n, torch.arange(n))
+
+
+def copies_then_random(old: int, new: int, gen: torch.Generator) -> Mapping:
+    """Net2Net's mapping: whole copies (j -> j mod old) while they fit, then the remainder as
+    distinct old units drawn uniformly at random without replacement (seeded), kept in order.
+
+    Integer ratios give uniform copying (exact FPI); others copy some units once more than the rest.
+    """
+    if new < old:
+        raise ValueError(f"cannot shrink {old} -> {new}")
+    k, r = divmod(new, old)
+    extra = torch.randperm(old, generator=gen)[:r].sort().values
+    return Mapping(old, torch.cat([torch.arange(old).repeat(k), extra]))
+
+
+def copies_then_padding(old: int, new: int) -> Mapping:
+    """LEMON's residual-stream mapping: k = new // old whole copies, then new - k*old padding units."""
+    k, r = divmod(new, old)
+    return Mapping(old, torch.cat([torch.arange(old).repeat(k), torch.full((r,), -1)]))

@@ -33,9 +33,10 @@ _DEPTH_ARGS = {
     "select": ArgInfo(
         "choice",
         "stack",
-        ("stack", "interleave"),
-        "which trained layers the new ones copy: stack = the whole stack again on top (progressive "
-        "stacking; for a non-multiple target the top layers), interleave = each layer twice in place",
+        ("stack", "top", "interleave"),
+        "which trained layers the new ones copy: stack = the whole stack again on top, cycling "
+        "(progressive stacking), top = the top layers once more, interleave = each layer repeated "
+        "in place",
     ),
     "init": ArgInfo(
         "choice",
@@ -45,17 +46,13 @@ _DEPTH_ARGS = {
         "projections are zero, so the grown model computes exactly the same function",
     ),
 }
-_MAP = ArgInfo(
-    "choice", "uniform", ("uniform", "random"), "which existing units new ones copy: round-robin or random"
-)
-
 OPS: dict[str, OpInfo] = {
     "d": OpInfo(True, None, "depth: stack copies of trained layers (d(identity): exactly function-preserving)", dict(_DEPTH_ARGS, seed=_SEED)),
-    "f": OpInfo(False, "fpi", "width by Net2Net function-preserving initialization (FPI)", {"map": _MAP, "seed": _SEED}),
-    "a": OpInfo(False, "aki", "width by bert2BERT advanced knowledge initialization (AKI)", {"map": _MAP, "seed": _SEED}),
+    "f": OpInfo(False, "fpi", "width by Net2Net function-preserving initialization (FPI)", {"seed": _SEED}),
+    "a": OpInfo(False, "aki", "width by bert2BERT advanced knowledge initialization (AKI)", {"seed": _SEED}),
     "l": OpInfo(False, "lossless", "width, exactly lossless at any ratio (LEMON-style)", {"seed": _SEED}),
-    "df": OpInfo(True, "fpi", "depth then width by FPI", {**_DEPTH_ARGS, "map": _MAP, "seed": _SEED}),
-    "da": OpInfo(True, "aki", "depth then width by AKI", {**_DEPTH_ARGS, "map": _MAP, "seed": _SEED}),
+    "df": OpInfo(True, "fpi", "depth then width by FPI", {**_DEPTH_ARGS, "seed": _SEED}),
+    "da": OpInfo(True, "aki", "depth then width by AKI", {**_DEPTH_ARGS, "seed": _SEED}),
     "dl": OpInfo(
         True,
         "lossless",

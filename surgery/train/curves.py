@@ -32,8 +32,8 @@ def plot_runs(run_dirs: list[Path], out_file: Path) -> Path:
             line, = ax.plot([r[key] / scale for r in val], [r["val_loss"] for r in val], label=label)
             for g in (r for r in rows if r.get("event") == "grow"):
                 ax.axvline(g[key] / scale, color=line.get_color(), ls=":", lw=1)
-                ax.annotate(g["op"], (g[key] / scale, ax.get_ylim()[1]), color=line.get_color(), fontsize=8,
-                            ha="left", va="top")
+                ax.text(g[key] / scale, 0.98, f" {g['op']}", transform=ax.get_xaxis_transform(),
+                        color=line.get_color(), fontsize=8, ha="left", va="top")
     axes[0].set_xlabel("wall time (h)" if hours else "wall time (s)")
     axes[1].set_xlabel("tokens")
     for ax in axes:

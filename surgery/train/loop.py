@@ -106,16 +106,17 @@ class Trainer:
 
         if seg.init_from is None:
             return build_model(seg.spec, seed=self.s.seed)
-        from surgery.io import load_model
+        from surgery.io import load_checkpoint
 
-        try:
-            model = load_model(seg.init_from)
-        except SurgeryError:
-            raise
-        except Exception as err:
-            raise SurgeryError(f"cannot load pretrained checkpoint {seg.init_from}: {err}") from None
+        declared = seg.init_spec or seg.spec
+        source = load_checkpoint(seg.init_from)
+        if source.spec.model_copy(update={"head": declared.head}) != declared:
+            raise SurgeryError(f"pretrained checkpoint {seg.init_from} is {source.spec.describe()}, "
+                               f"but the recipe declares {declared.describe()}")
+        model = source.model()
         if seg.grow is not None:
-            model = grow_model(model, seg.init_spec, seg.spec, seg.grow.op, seed=self.s.seed, options=seg.grow.args).model
+            seed = self.s.seed if seg.grow.seed is None else seg.grow.seed
+            model = grow_model(model, seg.init_spec, seg.spec, seg.grow.op, seed=seed, options=seg.grow.options).model
         return model
 
     @torch.no_grad()
@@ -172,10 +173,9 @@ class Trainer:
                 raise SurgeryError(f"--resume: no complete checkpoint in {ckpt_root}")
             if latest is not None:
                 state, opt_state, rng = ckpt.read_checkpoint(latest)
-                from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM
+                from surgery.io import load_checkpoint
 
-                cls = AutoModelForSeq2SeqLM if self.family == "t5" else AutoModelForMaskedLM
-                model = cls.from_pretrained(latest / "model")
+                model = load_checkpoint(latest / "model").model()
                 resumed = True
             elif ckpt_root.exists():
                 shutil.rmtree(ckpt_root)
@@ -205,8 +205,9 @@ class Trainer:
                         continue
                     prev = segments[index - 1]
                     raw = self.acc.unwrap_model(model)
-                    grown_result = grow_model(raw.cpu(), prev.spec, seg.spec, seg.grow.op, seed=self.s.seed + index,
-                                              options=seg.grow.args)
+                    seed = self.s.seed + index if seg.grow.seed is None else seg.grow.seed
+                    grown_result = grow_model(raw.cpu(), prev.spec, seg.spec, seg.grow.op, seed=seed,
+                                              options=seg.grow.options)
                     keep = opt_state and self.s.optimizer_on_grow == "grow"
                     opt_state = grown_result.grow_optimizer_state(opt_state) if keep else None
                     model = grown_result.model

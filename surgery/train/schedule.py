@@ -23,8 +23,19 @@ def to_steps(at: At, steps_per_epoch: int) -> int:
 
 @dataclass(frozen=True)
 class Growth:
+    """A growth op with the options `surgery.ops.grow_model` takes, and its seed (None: derive
+    one from the run's seed)."""
+
     op: str
-    args: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    seed: int | None = None
+
+    @classmethod
+    def from_plan(cls, op: str, args: dict) -> "Growth":
+        options = {k: v for k, v in args.items() if k not in ("init", "seed")}
+        if "init" in args:  # the recipe says init=copy|identity; the ops call it the depth mode
+            options["depth"] = "identity" if args["init"] == "identity" else "stack"
+        return cls(op, options, args.get("seed"))
 
 
 @dataclass(frozen=True)
@@ -121,7 +132,7 @@ def compile_plan(plan) -> tuple[list[Segment], RunSettings]:
     for stage in plan.stages:
         if stage.kind == "grow":
             source = plan.checkpoints.get(stage.from_model) if stage.init else None
-            pending = (Growth(stage.op, dict(stage.args)), source, plan.models[stage.from_model] if stage.init else None)
+            pending = (Growth.from_plan(stage.op, dict(stage.args)), source, plan.models[stage.from_model] if stage.init else None)
             continue
         end = (stage.end.value, stage.end.unit) if stage.end is not None else budget
         seg = Segment(stage.model, plan.models[stage.model], (stage.start.value, stage.start.unit), end,

@@ -11,7 +11,7 @@ from surgery.plan import build_plan
 from surgery.recipe import parse_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = [ROOT / "docs/recipes.md", ROOT / "docs/README-recipe-section.md"]
+DOCS = [ROOT / "docs/recipes.md", ROOT / "README.md"]
 
 
 def _recipe_blocks():

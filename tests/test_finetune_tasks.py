@@ -121,7 +121,7 @@ def test_user_errors(ckpt, tmp_path):
         finetune(tmp_path, "klue-nli", tmp_path)
 
 
-def test_missing_body_weights_are_an_error(ckpt, tmp_path):
+def test_missing_body_weights_are_an_error(ckpt, own, tmp_path):
     from safetensors.torch import load_file, save_file
 
     broken = tmp_path / "broken"
@@ -132,7 +132,7 @@ def test_missing_body_weights_are_an_error(ckpt, tmp_path):
     del weights["bert.encoder.layer.1.output.dense.weight"]
     save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(SurgeryError, match="lacks weights.*layer.1.output.dense.weight"):
-        finetune(broken, "klue-nli", tmp_path / "out", limit=2, **QUICK)
+        finetune(broken, "klue-nli", tmp_path / "out", limit=2, **QUICK, **own_data("klue-nli", own))
 
 
 def test_cli(ckpt, own, tmp_path):

@@ -71,6 +71,8 @@ def model_json(plan: Plan, name: str) -> dict[str, Any]:
     }
     if spec.family == "t5":
         dims.update(ff=spec.ff, head=spec.head)
+    elif spec.family == "llama":
+        dims.update(kv_heads=spec.n_kv_heads, head=spec.head, max_positions=spec.max_positions)
     else:
         dims.update(max_positions=spec.max_positions)
     dims.update(

@@ -156,3 +156,36 @@ def test_clm_objective():
     out = obj(blocks, np.random.default_rng(0))
     assert out["labels"].tolist() == [[5, 6, 7, 8, 9, 10, IGNORE, IGNORE]]
     assert out["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 1, 0, 0]]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_surgery_run_clm_with_lossless_growth(tmp_path, family):
+    """`surgery run` trains a decoder-only model with clm and grows it by dl mid-run: the validation
+    loss right after the growth equals the one right before (exact), and the stages load back."""
+    from typer.testing import CliRunner
+
+    from surgery.cli import app
+    from tests.fixtures_text import documents
+
+    dims = {"llama": ("kv_heads=2, d_ff=64, tie=false", "kv_heads=2, d_ff=96, tie=false"),
+            "gpt2": ("d_ff=64, max_positions=64", "d_ff=96, max_positions=64")}[family]
+    (tmp_path / "corpus.txt").write_text("\n".join(documents(200)) + "\n")
+    recipe = tmp_path / "tiny.grow"
+    recipe.write_text(f"""
+model S = {family}(layers=1, d_model=32, heads=4, {dims[0]}, vocab=300)
+model B = {family}(layers=2, d_model=48, heads=6, {dims[1]}, vocab=300)
+grow S dl@6steps B
+train 10steps on "corpus.txt"
+    optimizer adamw(lr=3e-3, warmup=2steps)
+    batch_size=4 seq_len=32 val_every=3steps
+""")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", str(recipe), "--out", str(run), "--quiet"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    g = next(i for i, r in enumerate(rows) if r.get("event") == "grow")
+    before, after = rows[g - 1], rows[g + 1]
+    assert before["model"] == "S" and after["model"] == "B"
+    assert abs(before["val_loss"] - after["val_loss"]) <= 1e-4
+    ck = load_checkpoint(run / "final")
+    assert ck.spec.family == family and ck.spec.d_model == 48

@@ -189,3 +189,29 @@ train 10steps on "corpus.txt"
     assert abs(before["val_loss"] - after["val_loss"]) <= 1e-4
     ck = load_checkpoint(run / "final")
     assert ck.spec.family == family and ck.spec.d_model == 48
+
+
+def test_grow_cli_dry_run_reads_headers_only(tmp_path, monkeypatch):
+    """`surgery grow --dry-run` plans from the headers and prints the memory; no tensor is read."""
+    from typer.testing import CliRunner
+
+    from surgery.cli import app
+    from surgery.io import Checkpoint
+
+    save_checkpoint(tmp_path / "src", model(CASES["llama-untied"]), shard_bytes=4096)
+
+    def no_reads(self, name):
+        raise AssertionError(f"dry run read tensor {name}")
+
+    monkeypatch.setattr(Checkpoint, "get", no_reads)
+    to = "layers=3,d_model=24,heads=6,kv_heads=3,d_ff=48"
+    result = CliRunner().invoke(app, ["grow", str(tmp_path / "src"), "--op", "dl", "--to", to, "--dry-run"],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "memory: about" in result.output and "lm_head.weight" in result.output
+    monkeypatch.undo()
+    result = CliRunner().invoke(app, ["grow", str(tmp_path / "src"), "--op", "dl", "--to", to,
+                                      "--out", str(tmp_path / "out"), "--no-probe"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "function moved" not in result.output
+    assert load_checkpoint(tmp_path / "out").spec.kv_heads == 3

@@ -45,6 +45,8 @@ Recipe syntax (full reference: docs/recipes.md; # starts a comment):
   model B = t5(layers=12+12, d_model=768, heads=12, d_ff=3072)    d_kv, vocab, ff=relu|gated-gelu,
                                                                    head=tied|tied-unscaled|untied
   model E = bert(layers=12, d_model=768, heads=12, d_ff=3072)   bert: layers=N, vocab, max_positions
+  model G = gpt2(layers=12, d_model=768, heads=12, d_ff=3072)   gpt2: layers=N, vocab, max_positions
+  model L = llama(layers=8, d_model=512, heads=8, kv_heads=2, d_ff=1376, tie=false)   llama (objective clm)
   pretrained T = "runs/T/final"      checkpoint folder, relative to the recipe's folder
   grow T d@1ep S a@2ep B             chain: train T to 1ep, grow by d into S, at 2ep by a into B
   grow T init-da B                   init-: grow T's pretrained checkpoint before training

@@ -92,7 +92,13 @@ OBJECTIVES: dict[str, ObjectiveInfo] = {
     ),
 }
 
-DEFAULT_OBJECTIVE = {"t5": "span_corruption", "bert": "mlm"}
+OBJECTIVES["clm"] = ObjectiveInfo(
+    ("gpt2", "llama"),
+    "causal language modelling: predict every next token (labels = input ids, padding ignored)",
+    {},
+)
+
+DEFAULT_OBJECTIVE = {"t5": "span_corruption", "bert": "mlm", "gpt2": "clm", "llama": "clm"}
 
 _FT_ARGS = {
     "epochs": ArgInfo("float", None, help="fine-tuning epochs"),
@@ -124,9 +130,11 @@ TASK_ARGS = _FT_ARGS
 FAMILY_ARGS: dict[str, tuple[str, ...]] = {
     "t5": ("layers", "d_model", "heads", "d_ff", "d_kv", "vocab", "ff", "head"),
     "bert": ("layers", "d_model", "heads", "d_ff", "vocab", "max_positions"),
+    "gpt2": ("layers", "d_model", "heads", "d_ff", "vocab", "max_positions"),
+    "llama": ("layers", "d_model", "heads", "kv_heads", "d_ff", "d_kv", "vocab", "tie", "max_positions"),
 }
 REQUIRED_MODEL_ARGS = ("layers", "d_model", "heads", "d_ff")
-PLANNED_FAMILIES = ("gpt2", "llama")
+PLANNED_FAMILIES: tuple[str, ...] = ()
 
 # Names from transformers configs that people type out of habit.
 MODEL_ARG_ALIASES = {
@@ -140,6 +148,14 @@ MODEL_ARG_ALIASES = {
     "ffn": "d_ff",
     "vocab_size": "vocab",
     "head_dim": "d_kv",
+    "num_key_value_heads": "kv_heads",
+    "n_kv_heads": "kv_heads",
+    "tie_word_embeddings": "tie",
+    "n_embd": "d_model",
+    "n_layer": "layers",
+    "n_head": "heads",
+    "n_inner": "d_ff",
+    "n_positions": "max_positions",
     "feed_forward_proj": "ff",
     "max_position_embeddings": "max_positions",
 }

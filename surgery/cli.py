@@ -45,6 +45,8 @@ Recipe syntax (full reference: docs/recipes.md; # starts a comment):
   model B = t5(layers=12+12, d_model=768, heads=12, d_ff=3072)    d_kv, vocab, ff=relu|gated-gelu,
                                                                    head=tied|tied-unscaled|untied
   model E = bert(layers=12, d_model=768, heads=12, d_ff=3072)   bert: layers=N, vocab, max_positions
+  model G = gpt2(layers=12, d_model=768, heads=12, d_ff=3072)   gpt2: layers=N, vocab, max_positions
+  model L = llama(layers=8, d_model=512, heads=8, kv_heads=2, d_ff=1376, tie=false)   llama (objective clm)
   pretrained T = "runs/T/final"      checkpoint folder, relative to the recipe's folder
   grow T d@1ep S a@2ep B             chain: train T to 1ep, grow by d into S, at 2ep by a into B
   grow T init-da B                   init-: grow T's pretrained checkpoint before training
@@ -115,14 +117,23 @@ def grow(
     src: Path = typer.Argument(..., help="Checkpoint folder: config.json + *.safetensors."),
     op: str = typer.Option(..., "--op", help="Growth op: d, f, a, l, da, df, dl (see `surgery plan --help`)."),
     to: str = typer.Option(..., "--to", help="Target dimensions, e.g. layers=12+12,d_model=768,heads=12,d_ff=3072"),
-    out: Path = typer.Option(..., "--out", help="Output folder (must not exist or be empty)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (must not exist or be empty)."),
     seed: int = typer.Option(0, "--seed", help="Seed for random mappings and symmetry breaking."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Read only the safetensors headers: print the plan, "
+                                 "bytes to read and write and the peak memory the growth will need; write nothing."),
+    probe: bool = typer.Option(True, "--probe/--no-probe", help="Load both models afterwards and report how far "
+                               "the function moved (needs both models in memory; skip it for big checkpoints)."),
 ):
     """One surgery on a checkpoint folder; the result loads with transformers' from_pretrained."""
     with user_errors():
-        from surgery.grow_cli import grow_command
+        from surgery.grow_cli import dry_run_command, grow_command
 
-        grow_command(src, op=op, to=to, out=out, seed=seed)
+        if dry_run:
+            dry_run_command(src, op=op, to=to, seed=seed)
+            return
+        if out is None:
+            raise SurgeryError("--out is needed (or --dry-run)")
+        grow_command(src, op=op, to=to, out=out, seed=seed, probe=probe)
 
 
 @app.command()

@@ -9,8 +9,8 @@ from pathlib import Path
 from surgery.errors import SurgeryError
 from surgery.spec import ModelSpec
 
-INT_KEYS = ("layers", "decoder_layers", "d_model", "heads", "d_ff", "d_kv", "vocab", "max_positions")
-TEXT_KEYS = ("ff", "head")
+INT_KEYS = ("layers", "decoder_layers", "d_model", "heads", "kv_heads", "d_ff", "d_kv", "vocab", "max_positions")
+TEXT_KEYS = ("ff", "head", "tie")
 
 
 def parse_to(text: str, base: ModelSpec) -> ModelSpec:
@@ -28,6 +28,10 @@ def parse_to(text: str, base: ModelSpec) -> ModelSpec:
             update["layers"], update["decoder_layers"] = _int(key, enc), _int(key, dec)
         elif key in INT_KEYS:
             update[key] = _int(key, value)
+        elif key == "tie":
+            if value not in ("true", "false"):
+                raise SurgeryError(f"--to: tie must be true or false, got {value!r}")
+            update["head"] = "tied" if value == "true" else "untied"
         elif key in TEXT_KEYS:
             update[key] = value
         else:
@@ -61,9 +65,49 @@ def _groups(plan) -> "OrderedDict[str, tuple]":
     return groups
 
 
-def grow_command(src: Path, *, op: str, to: str, out: Path, seed: int = 0) -> None:
-    from rich.console import Console
+def _table(plan):
     from rich.table import Table
+
+    table = Table("tensor group", "source", "grown", "layers kept+new")
+    for key, (old, new, kept, added) in _groups(plan).items():
+        if old == new and not added:
+            continue
+        table.add_row(key, "x".join(map(str, old)) if old else "-", "x".join(map(str, new)),
+                      f"{kept}+{added}" if added or "*" in key else "")
+    return table
+
+
+def dry_run_command(src: Path, *, op: str, to: str, seed: int = 0) -> None:
+    """Plan a growth from the safetensors headers alone and print the memory it will need."""
+    from rich.console import Console
+
+    from surgery.headers import checkpoint_files, read_headers  # noqa: F401 (headers only)
+    from surgery.io import load_checkpoint
+    from surgery.ops import plan_checkpoint
+    from surgery.shapes import human_bytes
+
+    console = Console()
+    ckpt = load_checkpoint(src)
+    dst = parse_to(to, ckpt.spec)
+    cp = plan_checkpoint(src, dst, op, seed=seed)
+    plan = cp.plan
+    console.print(f"[bold]{plan.op.text}[/] (dry run, weights not read): {ckpt.spec.describe()} -> {dst.describe()}")
+    console.print(f"parameters: {ckpt.spec.params:,} -> {dst.params:,}")
+    console.print(_table(plan))
+    for stack, layers in plan.layers.items():
+        if len(layers) != len(set(layers)) or layers != list(range(len(layers))):
+            console.print(f"{stack} layers from source: {layers}" + (" (repeats start as identity)" if plan.op.identity else ""))
+    console.print(f"weights ({cp.dtype}): read {human_bytes(cp.src_bytes)}, write {human_bytes(cp.out_bytes)}; "
+                  f"disk needed at the output: {human_bytes(cp.out_bytes)}")
+    console.print(f"memory: about {human_bytes(cp.peak_bytes)} peak resident (streaming one tensor at a time; "
+                  f"the largest working set is {cp.peak_tensor})")
+    console.print(f"the probe (skip with --no-probe) loads both models: about {human_bytes(4 * (ckpt.spec.params + dst.params))} in fp32")
+    for note in plan.notes:
+        console.print(f"[yellow]note:[/] {note}")
+
+
+def grow_command(src: Path, *, op: str, to: str, out: Path, seed: int = 0, probe: bool = True) -> None:
+    from rich.console import Console
 
     from surgery.io import load_checkpoint
     from surgery.ops import grow_checkpoint
@@ -81,22 +125,17 @@ def grow_command(src: Path, *, op: str, to: str, out: Path, seed: int = 0) -> No
 
     console.print(f"[bold]{plan.op.text}[/]: {ckpt.spec.describe()} -> {dst.describe()}")
     console.print(f"parameters: {ckpt.spec.params:,} -> {dst.params:,}")
-    table = Table("tensor group", "source", "grown", "layers kept+new")
-    for key, (old, new, kept, added) in _groups(plan).items():
-        if old == new and not added:
-            continue
-        table.add_row(key, "x".join(map(str, old)) if old else "-", "x".join(map(str, new)),
-                      f"{kept}+{added}" if added or "*" in key else "")
-    console.print(table)
+    console.print(_table(plan))
     for stack, layers in plan.layers.items():
         if len(layers) != len(set(layers)) or layers != list(range(len(layers))):
             console.print(f"{stack} layers from source: {layers}" + (" (repeats start as identity)" if plan.op.identity else ""))
     eps_key = plan.family.eps_key
     if plan.config.get(eps_key) != ckpt.config.get(eps_key, plan.config.get(eps_key)):
         console.print(f"{eps_key}: {ckpt.config.get(eps_key)} -> {plan.config[eps_key]} (lossless growth keeps norm statistics)")
-    small, grown = ckpt.model(), load_checkpoint(out).model()
-    change = relative_change(small, grown, ckpt.spec.vocab, seed=0)
-    console.print(f"function moved: max relative logit change {change:.2e} on a fixed random batch")
+    if probe:
+        small, grown = ckpt.model(), load_checkpoint(out).model()
+        change = relative_change(small, grown, ckpt.spec.vocab, seed=0)
+        console.print(f"function moved: max relative logit change {change:.2e} on a fixed random batch")
     for note in plan.notes:
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"wrote {out}")

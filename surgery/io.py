@@ -2,7 +2,8 @@
 `model.safetensors.index.json`), read lazily tensor by tensor and written by streaming.
 
 - `load_checkpoint(path) -> Checkpoint`: spec, family, layout, config, and lazy tensor access
-  (`get(name)` maps one tensor through safetensors' safe_open; nothing is read up front).
+  (only the safetensors headers are read up front, by surgery/headers.py; `get(name)` reads one
+  tensor with one plain read into fresh memory and keeps nothing: no memory maps, no caches).
   `Checkpoint.model()` loads it with transformers' from_pretrained.
 - `save_checkpoint(out_dir, source, config=None)`: source is a PreTrainedModel, a dict of tensors
   (with `config`), or a list of `TensorTask`s (name, shape, dtype, make) made one at a time. The
@@ -30,9 +31,8 @@ import torch
 
 from surgery.errors import SurgeryError
 from surgery.families import FAMILIES, layout_of_checkpoint
+from surgery.headers import INDEX_NAME, SINGLE_NAME, HeaderError, TensorInfo, checkpoint_files, read_headers
 
-INDEX_NAME = "model.safetensors.index.json"
-SINGLE_NAME = "model.safetensors"
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 # Files beside the weights that describe the tokenizer or generation: carried over to the output.
 CARRIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
@@ -48,7 +48,7 @@ _NAMES = {v: k for k, v in _DTYPES.items()}
 
 
 class Checkpoint:
-    """A checkpoint folder opened lazily."""
+    """A checkpoint folder opened lazily: only the safetensors headers are read up front."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -64,44 +64,23 @@ class Checkpoint:
         if self.config.get("model_type") not in FAMILIES:
             raise SurgeryError(f"{self.path}: unsupported architecture {self.config.get('model_type')!r} "
                                f"(supported: {', '.join(FAMILIES)})")
-        self._files: dict[str, Path] = {}
-        index = self.path / INDEX_NAME
-        if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise SurgeryError(f"{index}: not a safetensors index ({err})") from None
-            self._files = {k: self.path / v for k, v in weight_map.items()}
-        elif (self.path / SINGLE_NAME).is_file():
-            files = [self.path / SINGLE_NAME]
-            self._files = None  # filled below
-        else:
-            files = sorted(self.path.glob("*.safetensors"))
-            if not files:
-                bins = list(self.path.glob("*.bin")) + list(self.path.glob("*.pt"))
-                hint = " (pickle .bin weights are not read: convert them to safetensors)" if bins else ""
-                raise SurgeryError(f"{self.path}: no *.safetensors weights{hint}")
-            self._files = None
-        self._handles: dict[Path, object] = {}
-        if self._files is None:
-            self._files = {}
-            for f in files:
-                for k in self._open(f).keys():
-                    self._files[k] = f
-        for f in set(self._files.values()):
+        try:
+            files = checkpoint_files(self.path)
+        except HeaderError as err:
+            raise SurgeryError(str(err)) from None
+        if not files:
+            bins = list(self.path.glob("*.bin")) + list(self.path.glob("*.pt"))
+            hint = " (pickle .bin weights are not read: convert them to safetensors)" if bins else ""
+            raise SurgeryError(f"{self.path}: no *.safetensors weights{hint}")
+        for f in files:
             if not f.is_file():
                 raise SurgeryError(f"{f}: shard named in {INDEX_NAME} is missing")
+        try:
+            self.tensors: dict[str, TensorInfo] = read_headers(files)
+        except HeaderError as err:
+            raise SurgeryError(str(err)) from None
+        self._files = {k: v.file for k, v in self.tensors.items()}
         self.family, self.layout, self.spec = layout_of_checkpoint(self.config, set(self._files), self.get)
-
-    def _open(self, f: Path):
-        from safetensors import SafetensorError, safe_open
-
-        if f not in self._handles:
-            try:
-                self._handles[f] = safe_open(str(f), framework="pt")
-            except (SafetensorError, OSError, ValueError) as err:
-                raise SurgeryError(f"{f}: not a readable safetensors file ({err})") from None
-        return self._handles[f]
 
     def names(self) -> list[str]:
         return list(self._files)
@@ -110,17 +89,24 @@ class Checkpoint:
         return name in self._files
 
     def get(self, name: str) -> torch.Tensor:
-        from safetensors import SafetensorError
-
-        if name not in self._files:
+        """One tensor, read with one plain read into fresh memory (no memory map: mapped pages of
+        a large source would stay resident and count against the process)."""
+        info = self.tensors.get(name)
+        if info is None:
             raise SurgeryError(f"{self.path}: checkpoint has no tensor {name}")
+        buf = torch.empty(info.nbytes, dtype=torch.uint8)
         try:
-            return self._open(self._files[name]).get_tensor(name)
-        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-            raise SurgeryError(f"{self._files[name]}: cannot read tensor {name} ({err})") from None
+            with open(info.file, "rb", buffering=0) as f:
+                f.seek(info.start)
+                got = f.readinto(memoryview(buf.numpy())) if info.nbytes else 0
+        except OSError as err:
+            raise SurgeryError(f"{info.file}: cannot read tensor {name} ({err})") from None
+        if got != info.nbytes:
+            raise SurgeryError(f"{info.file}: cannot read tensor {name} (file truncated)")
+        return buf.view(_DTYPES[info.dtype]).reshape(info.shape)
 
     def dtype(self, name: str) -> torch.dtype:
-        return _DTYPES[self._open(self._files[name]).get_slice(name).get_dtype()]
+        return _DTYPES[self.tensors[name].dtype]
 
     def model(self):
         """The checkpoint as its transformers class, loaded by from_pretrained."""
@@ -186,7 +172,8 @@ def _write_safetensors(path: Path, tasks: list[TensorTask], metadata: dict[str, 
             if tuple(x.shape) != tuple(t.shape):
                 raise RuntimeError(f"{t.name}: made shape {tuple(x.shape)}, planned {t.shape}")
             x = x.detach().to("cpu", t.dtype).contiguous()
-            f.write(x.reshape(-1).view(torch.uint8).numpy().tobytes() if x.numel() else b"")
+            if x.numel():
+                f.write(memoryview(x.reshape(-1).view(torch.uint8).numpy()))  # no bytes copy
             del x
 
 

@@ -273,6 +273,11 @@ class _Builder:
         fields = dict(values)
         if family == "t5":
             fields["layers"], fields["decoder_layers"] = values["layers"]
+        if "tie" in fields:
+            fields["head"] = "tied" if fields.pop("tie") else "untied"
+        if "kv_heads" in fields and fields["heads"] % fields["kv_heads"]:
+            raise self.err(f"kv_heads={fields['kv_heads']} does not divide heads={fields['heads']} "
+                           "(grouped-query attention: each kv head serves heads/kv_heads query heads)", where["kv_heads"])
         d_model, heads = fields["d_model"], fields["heads"]
         if fields.get("d_kv") is None and d_model % heads:
             hint = " (or give the head size with d_kv=)" if family == "t5" else ""
@@ -282,7 +287,8 @@ class _Builder:
         except ValidationError as e:
             first = e.errors()[0]
             loc = str(first["loc"][0]) if first["loc"] else ""
-            pos = where.get("layers" if loc == "decoder_layers" else loc, call.pos)
+            loc = {"decoder_layers": "layers", "head": "tie"}.get(loc, loc)
+            pos = where.get(loc, call.pos)
             raise self.err(f"model {decl.name}: {_pydantic_msg(first)}", pos) from None
         self.models[decl.name] = spec
         self.model_pos[decl.name] = decl.name_pos
@@ -297,6 +303,11 @@ class _Builder:
             if isinstance(v, Number) and isinstance(v.value, int):
                 return v.value
             raise self.err(f"{family} depth is one whole number, e.g. layers=12", arg.pos)
+        if key == "tie":
+            text = v.value if isinstance(v, (Name, Str)) else None
+            if text not in ("true", "false"):
+                raise self.err(f"tie must be true or false, got {_value_text(v)}", v.pos)
+            return text == "true"
         if key in ("ff", "head"):
             choices = {"ff": ("relu", "gated-gelu"), "head": ("tied", "tied-unscaled", "untied")}[key]
             text = v.value if isinstance(v, (Name, Str)) else None
@@ -639,8 +650,11 @@ class _Builder:
             if b < a:
                 raise self.err(f"{where}: {label} would shrink from {a} to {b}; growth ops only grow", dst_pos)
         width_dims = [("d_model", src.d_model, dst.d_model), ("d_ff", src.d_ff, dst.d_ff), ("heads", src.heads, dst.heads)]
-        if src.family == "bert":
+        if src.family in ("bert", "gpt2"):
             width_dims.append(("max_positions", src.max_positions, dst.max_positions))
+        if src.family == "llama":
+            width_dims.append(("kv_heads", src.n_kv_heads, dst.n_kv_heads))
+            width_dims.append(("query heads per kv head", src.group_size, dst.group_size))
         for label, a, b in width_dims:
             if b < a:
                 raise self.err(f"{where}: {label} would shrink from {a} to {b}; growth ops only grow", dst_pos)

@@ -71,6 +71,8 @@ def model_json(plan: Plan, name: str) -> dict[str, Any]:
     }
     if spec.family == "t5":
         dims.update(ff=spec.ff, head=spec.head)
+    elif spec.family == "llama":
+        dims.update(kv_heads=spec.n_kv_heads, head=spec.head, max_positions=spec.max_positions)
     else:
         dims.update(max_positions=spec.max_positions)
     dims.update(
@@ -171,7 +173,8 @@ def render(plan: Plan, console) -> None:
         models.add_column(col, justify="right" if col not in ("model", "family") else "left")
     for name, spec in plan.models.items():
         models.add_row(
-            name, spec.family, spec.layers_text(), str(spec.d_model), str(spec.heads), str(spec.head_dim), str(spec.d_ff),
+            name, spec.family, spec.layers_text(), str(spec.d_model),
+            f"{spec.heads} (kv {spec.kv_heads})" if spec.kv_heads is not None else str(spec.heads), str(spec.head_dim), str(spec.d_ff),
             str(spec.vocab), f"{spec.params:,}", human_bytes(train_memory_bytes(spec)),
         )
     console.print(models)

@@ -78,6 +78,30 @@ def tensor_groups(spec: ModelSpec) -> list[TensorGroup]:
             head,
         ]
     n = spec.layers
+    if spec.family == "gpt2":  # Conv1D weights are stored [in, out]
+        return [
+            TensorGroup("embedding", (Tensor("transformer.wte", (v, d), 1), Tensor("transformer.wpe", (spec.max_positions, d), 1))),
+            TensorGroup("attention q/k/v", (Tensor("h.{i}.attn.c_attn.weight", (d, 3 * inner), n), Tensor("....bias", (3 * inner,), n))),
+            TensorGroup("attention o", (Tensor("h.{i}.attn.c_proj.weight", (inner, d), n), Tensor("....bias", (d,), n))),
+            TensorGroup("feed-forward in", (Tensor("h.{i}.mlp.c_fc.weight", (d, ff), n), Tensor("....bias", (ff,), n))),
+            TensorGroup("feed-forward out", (Tensor("h.{i}.mlp.c_proj.weight", (ff, d), n), Tensor("....bias", (d,), n))),
+            TensorGroup("norms", (Tensor("*.ln_*.{weight,bias}", (d,), 2 * (2 * n + 1)),)),
+            TensorGroup("lm head", (), note="tied"),
+        ]
+    if spec.family == "llama":
+        kv = spec.kv_inner_dim
+        head = (TensorGroup("lm head", (Tensor("lm_head.weight", (v, d), 1),)) if spec.head == "untied"
+                else TensorGroup("lm head", (), note="tied"))
+        return [
+            TensorGroup("embedding", (Tensor("model.embed_tokens", (v, d), 1),)),
+            TensorGroup("attention q/k/v", (Tensor("layers.{i}.self_attn.q_proj", (inner, d), n),
+                                            Tensor("layers.{i}.self_attn.{k,v}_proj", (kv, d), 2 * n))),
+            TensorGroup("attention o", (Tensor("layers.{i}.self_attn.o_proj", (d, inner), n),)),
+            TensorGroup("feed-forward in", (Tensor("layers.{i}.mlp.{gate,up}_proj", (ff, d), 2 * n),)),
+            TensorGroup("feed-forward out", (Tensor("layers.{i}.mlp.down_proj", (d, ff), n),)),
+            TensorGroup("norms", (Tensor("*norm*.weight", (d,), 2 * n + 1),)),
+            head,
+        ]
     return [
         TensorGroup(
             "embedding",

@@ -11,8 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-Family = Literal["t5", "bert"]
-FAMILIES: tuple[str, ...] = ("t5", "bert")
+Family = Literal["t5", "bert", "gpt2", "llama"]
+FAMILIES: tuple[str, ...] = ("t5", "bert", "gpt2", "llama")
+DECODER_ONLY: tuple[str, ...] = ("gpt2", "llama")
 
 # T5's relative-position table size, as in every released T5 checkpoint.
 T5_BUCKETS = 32
@@ -22,7 +23,10 @@ class ModelSpec(BaseModel):
     """A family and its dimensions, under the names recipes use.
 
     `layers` is the encoder depth (all of BERT's layers); `decoder_layers` is T5's decoder depth.
-    `d_kv` is the per-head size; left out it is `d_model // heads`. BERT has no separate head size.
+    `d_kv` is the per-head size; left out it is `d_model // heads`. BERT and GPT-2 have no separate
+    head size. `kv_heads` (llama only) is the number of key/value heads under grouped-query
+    attention; left out it is `heads` (multi-head attention). GPT-2's head is always tied; llama's
+    is `tied` or `untied` (a recipe writes `tie=true|false`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -38,8 +42,10 @@ class ModelSpec(BaseModel):
     # T5 only: the feed-forward kind and how the LM head relates to the shared embedding.
     ff: Literal["relu", "gated-gelu"] = "relu"
     head: Literal["tied", "tied-unscaled", "untied"] = "tied"
-    # BERT only: learned absolute positions.
+    # BERT and GPT-2: learned absolute positions (llama: the rotary context length, no parameters).
     max_positions: int = 512
+    # llama only: key/value heads (grouped-query attention); None = heads.
+    kv_heads: int | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "ModelSpec":
@@ -54,10 +60,17 @@ class ModelSpec(BaseModel):
         else:
             if self.decoder_layers is not None:
                 raise ValueError(f"{self.family} has one stack: write layers=N, not E+D")
-            if self.d_kv is not None and self.d_kv * self.heads != self.d_model:
-                raise ValueError("bert has no separate head size: d_kv must equal d_model / heads")
-            if self.ff != "relu" or self.head != "tied":
-                raise ValueError("ff= and head= are t5 options")
+            if self.family != "llama" and self.d_kv is not None and self.d_kv * self.heads != self.d_model:
+                raise ValueError(f"{self.family} has no separate head size: d_kv must equal d_model / heads")
+            if self.ff != "relu":
+                raise ValueError("ff= is a t5 option")
+            if self.head != "tied" and not (self.family == "llama" and self.head == "untied"):
+                raise ValueError("head= is a t5 option (llama: tie=true|false)")
+        if self.kv_heads is not None:
+            if self.family != "llama":
+                raise ValueError("kv_heads= is a llama option")
+            if self.kv_heads <= 0 or self.heads % self.kv_heads:
+                raise ValueError(f"kv_heads={self.kv_heads} must divide heads={self.heads} (grouped-query attention)")
         if self.d_kv is None and self.d_model % self.heads != 0:
             raise ValueError(
                 f"heads={self.heads} does not divide d_model={self.d_model}"
@@ -69,6 +82,20 @@ class ModelSpec(BaseModel):
     @property
     def head_dim(self) -> int:
         return self.d_kv if self.d_kv is not None else self.d_model // self.heads
+
+    @property
+    def n_kv_heads(self) -> int:
+        """Key/value heads (llama's grouped-query attention; every other family: heads)."""
+        return self.kv_heads if self.kv_heads is not None else self.heads
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value head."""
+        return self.heads // self.n_kv_heads
+
+    @property
+    def kv_inner_dim(self) -> int:
+        return self.n_kv_heads * self.head_dim
 
     @property
     def inner_dim(self) -> int:
@@ -104,6 +131,33 @@ class ModelSpec(BaseModel):
                 "decoder_start_token_id": 0,
                 "pad_token_id": 0,
                 "eos_token_id": 1,
+            }
+        if self.family == "gpt2":
+            return {
+                "vocab_size": self.vocab,
+                "n_embd": self.d_model,
+                "n_layer": self.layers,
+                "n_head": self.heads,
+                "n_inner": self.d_ff,
+                "n_positions": self.max_positions,
+                "tie_word_embeddings": True,
+                "bos_token_id": None,
+                "eos_token_id": None,
+            }
+        if self.family == "llama":
+            return {
+                "vocab_size": self.vocab,
+                "hidden_size": self.d_model,
+                "num_hidden_layers": self.layers,
+                "num_attention_heads": self.heads,
+                "num_key_value_heads": self.n_kv_heads,
+                "head_dim": self.head_dim,
+                "intermediate_size": self.d_ff,
+                "max_position_embeddings": self.max_positions,
+                "tie_word_embeddings": self.head == "tied",
+                "bos_token_id": None,
+                "eos_token_id": None,
+                "pad_token_id": None,
             }
         return {
             "vocab_size": self.vocab,
@@ -146,16 +200,45 @@ class ModelSpec(BaseModel):
                 vocab=config["vocab_size"],
                 max_positions=config.get("max_position_embeddings", 512),
             )
+        if model_type == "gpt2":
+            d = config["n_embd"]
+            return cls(
+                family="gpt2",
+                layers=config["n_layer"],
+                d_model=d,
+                heads=config["n_head"],
+                d_ff=config.get("n_inner") or 4 * d,
+                vocab=config["vocab_size"],
+                max_positions=config.get("n_positions", 1024),
+            )
+        if model_type == "llama":
+            d, heads = config["hidden_size"], config["num_attention_heads"]
+            head_dim = config.get("head_dim") or d // heads
+            kv = config.get("num_key_value_heads") or heads
+            return cls(
+                family="llama",
+                layers=config["num_hidden_layers"],
+                d_model=d,
+                heads=heads,
+                kv_heads=None if kv == heads else kv,
+                d_ff=config["intermediate_size"],
+                d_kv=None if head_dim * heads == d else head_dim,
+                vocab=config["vocab_size"],
+                max_positions=config.get("max_position_embeddings", 2048),
+                # Whether the head is untied is also visible in the weights (a separate lm_head.weight).
+                head="tied" if config.get("tie_word_embeddings", False) else "untied",
+            )
         raise ValueError(f"unsupported architecture {model_type!r} (supported: {', '.join(FAMILIES)})")
 
     @property
     def hf_config_class(self) -> str:
-        return {"t5": "T5Config", "bert": "BertConfig"}[self.family]
+        return {"t5": "T5Config", "bert": "BertConfig", "gpt2": "GPT2Config", "llama": "LlamaConfig"}[self.family]
 
     @property
     def hf_model_class(self) -> str:
         """The pretraining class a recipe's model is built as."""
-        return {"t5": "T5ForConditionalGeneration", "bert": "BertForMaskedLM"}[self.family]
+        return {"t5": "T5ForConditionalGeneration", "bert": "BertForMaskedLM", "gpt2": "GPT2LMHeadModel",
+                "llama": "LlamaForCausalLM"}[self.family]
 
     # -- parameter counts (what `model.num_parameters()` reports for hf_model_class) ---------
     def param_groups(self) -> dict[str, int]:
@@ -175,6 +258,23 @@ class ModelSpec(BaseModel):
             }
             return groups
         n = self.layers
+        if self.family == "gpt2":
+            return {
+                "embedding": (v + self.max_positions) * d,
+                "self_attention": n * (d * 3 * inner + 3 * inner + inner * d + d),
+                "feed_forward": n * (2 * d * ff + ff + d),
+                "norms": (2 * n + 1) * 2 * d,
+                "lm_head": 0,  # tied to the token embedding
+            }
+        if self.family == "llama":
+            kv = self.kv_inner_dim
+            return {
+                "embedding": v * d,
+                "self_attention": n * (2 * d * inner + 2 * d * kv),
+                "feed_forward": n * 3 * d * ff,
+                "norms": (2 * n + 1) * d,
+                "lm_head": v * d if self.head == "untied" else 0,
+            }
         return {
             "embedding": (v + self.max_positions + 2) * d + 2 * d,
             "self_attention": n * 4 * (d * d + d),
@@ -190,6 +290,10 @@ class ModelSpec(BaseModel):
 
     def describe(self) -> str:
         extra = f", d_kv={self.d_kv}" if self.d_kv is not None else ""
+        if self.kv_heads is not None:
+            extra = f", kv_heads={self.kv_heads}" + extra
+        if self.family == "llama":
+            extra += f", tie={'true' if self.head == 'tied' else 'false'}"
         return (
             f"{self.family}(layers={self.layers_text()}, d_model={self.d_model}, "
             f"heads={self.heads}, d_ff={self.d_ff}{extra}, vocab={self.vocab})"

@@ -27,6 +27,8 @@ class Kind(str, Enum):
     VOCAB = "vocab"
     MODEL = "d_model"  # the residual stream
     INNER = "heads*d_kv"  # attention projections; grows by whole heads
+    KV_INNER = "kv_heads*d_kv"  # key/value projections under grouped-query attention (llama)
+    INNER3 = "3*heads*d_kv"  # fused q|k|v output (GPT-2's c_attn): three INNER blocks side by side
     HEADS = "heads"  # one entry per head (T5's relative-bias columns)
     FF = "d_ff"
     POS = "positions"
@@ -34,7 +36,7 @@ class Kind(str, Enum):
     BUCKET = "buckets"
 
 
-GROWN_KINDS = (Kind.MODEL, Kind.HEADS, Kind.FF)
+GROWN_KINDS = (Kind.MODEL, Kind.HEADS, Kind.FF)  # KV_INNER / INNER3 follow the head mappings
 
 
 class Role(str, Enum):

@@ -33,7 +33,9 @@ CASES = [
     ("tasks without commas", GOOD + "finetune klue-nli korquad-ext\n", "6:19", r"separated by commas"),
     # names
     ("unknown family", "model T = t6(layers=2+2, d_model=32, heads=4, d_ff=64)\n" + TRAIN, "1:11", r"unknown model family 't6'; did you mean 't5'"),
-    ("planned family", "model T = llama(layers=2, d_model=32, heads=4, d_ff=64)\n" + TRAIN, "1:11", r"not supported yet"),
+    ("kv heads not dividing heads", "model T = llama(layers=2, d_model=32, heads=4, kv_heads=3, d_ff=64)\n" + TRAIN, "1:48", r"kv_heads=3 does not divide heads=4"),
+    ("tie not a boolean", "model T = llama(layers=2, d_model=32, heads=4, d_ff=64, tie=maybe)\n" + TRAIN, "1:61", r"tie must be true or false"),
+    ("gpt2 has no kv heads", "model T = gpt2(layers=2, d_model=32, heads=4, kv_heads=2, d_ff=64)\n" + TRAIN, "1:47", r"unknown gpt2 argument 'kv_heads'"),
     ("unknown model argument", "model T = t5(layers=2+2, hidden_size=32, heads=4, d_ff=64)\n" + TRAIN, "1:26", r"unknown t5 argument 'hidden_size'; did you mean 'd_model'"),
     ("missing dimension", "model T = t5(layers=2+2, d_model=32, heads=4)\n" + TRAIN, "1:11", r"needs d_ff"),
     ("duplicate model", HEAD + "model S = t5(layers=4+4, d_model=32, heads=4, d_ff=64, vocab=100)\n" + TRAIN, "4:7", r"declared twice \(first on line 2\)"),

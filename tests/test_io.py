@@ -80,9 +80,9 @@ def test_bad_sources(tmp_path):
     (bad / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
     with pytest.raises(SurgeryError, match="safetensors"):
         load_checkpoint(bad)
-    gpt = tmp_path / "gpt2"
+    gpt = tmp_path / "mistral"
     gpt.mkdir()
-    (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    (gpt / "config.json").write_text(json.dumps({"model_type": "mistral", "architectures": ["MistralForCausalLM"]}))
     with pytest.raises(SurgeryError, match="unsupported architecture"):
         load_checkpoint(gpt)
 

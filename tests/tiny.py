@@ -11,12 +11,16 @@ VOCAB = 101
 NO_DROPOUT = {
     "t5": {"dropout_rate": 0.0},
     "bert": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+    "gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
+    "llama": {},
 }
 
 
 def spec(family: str, **dims) -> ModelSpec:
     base = dict(t5=dict(layers=2, decoder_layers=2, d_model=16, heads=4, d_ff=32),
-                bert=dict(layers=2, d_model=16, heads=4, d_ff=64))[family]
+                bert=dict(layers=2, d_model=16, heads=4, d_ff=64),
+                gpt2=dict(layers=2, d_model=16, heads=4, d_ff=32, max_positions=32),
+                llama=dict(layers=2, d_model=16, heads=4, kv_heads=2, d_ff=32, max_positions=64))[family]
     return ModelSpec(family=family, vocab=VOCAB, **{**base, **dims})
 
 
@@ -27,7 +31,7 @@ def model(s: ModelSpec, seed: int = 0):
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in m.named_parameters():
-            if "norm" in name.lower() or name.endswith("bias"):
+            if "norm" in name.lower() or ".ln_" in name or name.endswith("bias"):
                 p.add_(torch.randn(p.shape, generator=g) * 0.3)
     return m
 

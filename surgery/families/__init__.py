@@ -14,10 +14,12 @@ import torch
 from surgery.errors import SurgeryError
 from surgery.families.base import Family, Layout, Template
 from surgery.families.bert import BERT
+from surgery.families.gpt2 import GPT2
+from surgery.families.llama import LLAMA
 from surgery.families.t5 import T5
 from surgery.spec import ModelSpec
 
-FAMILIES: dict[str, Family] = {"t5": T5, "bert": BERT}
+FAMILIES: dict[str, Family] = {"t5": T5, "bert": BERT, "gpt2": GPT2, "llama": LLAMA}
 
 # Classes whose checkpoints we read; value: (family, layout without the per-checkpoint details).
 SUPPORTED_CLASSES = {
@@ -25,7 +27,10 @@ SUPPORTED_CLASSES = {
     "BertForMaskedLM": "bert",
     "BertForPreTraining": "bert",
     "BertModel": "bert",
+    "GPT2LMHeadModel": "gpt2",
+    "LlamaForCausalLM": "llama",
 }
+DEFAULT_CLASS = {"t5": "T5ForConditionalGeneration", "gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
 
 __all__ = ["FAMILIES", "Family", "Layout", "Template", "build_model", "family_of", "layout_of_model",
            "layout_of_checkpoint", "untie_t5_head"]
@@ -67,7 +72,7 @@ def build_model(spec: ModelSpec, seed: int = 0, **config_overrides):
 
 def _is_untied(model) -> bool:
     head = getattr(model, "lm_head", None)
-    return head is not None and head.weight.data_ptr() != model.shared.weight.data_ptr()
+    return head is not None and head.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr()
 
 
 def layout_of_model(model) -> tuple[Family, Layout]:
@@ -77,6 +82,10 @@ def layout_of_model(model) -> tuple[Family, Layout]:
         raise SurgeryError(f"unsupported model class {cls} (supported: {', '.join(SUPPORTED_CLASSES)})")
     if fam == "t5":
         return T5, Layout(cls, untied_head=_is_untied(model))
+    if fam == "gpt2":
+        return GPT2, Layout(cls, prefix="transformer.")
+    if fam == "llama":
+        return LLAMA, Layout(cls, untied_head=_is_untied(model))
     names = set(model.state_dict())
     return BERT, _bert_layout(cls, names)
 
@@ -93,8 +102,10 @@ def _bert_layout(cls: str, names: set[str]) -> Layout:
 
 def spec_of_model(model) -> ModelSpec:
     spec = ModelSpec.from_hf_config(model.config.to_dict())
-    if spec.family == "t5" and _is_untied(model):
+    if spec.family in ("t5", "llama") and _is_untied(model):
         spec = spec.model_copy(update={"head": "untied"})
+    if spec.family == "llama" and not _is_untied(model):
+        spec = spec.model_copy(update={"head": "tied"})
     return spec
 
 
@@ -107,7 +118,7 @@ def layout_of_checkpoint(config: dict, names: set[str], get: Callable[[str], tor
     cls = next((a for a in archs if a in SUPPORTED_CLASSES), None)
     if cls is None:
         mlm = "cls.predictions.transform.dense.weight" in names
-        cls = {"t5": "T5ForConditionalGeneration", "bert": "BertForMaskedLM" if mlm else "BertModel"}[model_type]
+        cls = DEFAULT_CLASS.get(model_type) or ("BertForMaskedLM" if mlm else "BertModel")
         if archs:
             raise SurgeryError(f"unsupported architecture {archs[0]} (supported: {', '.join(SUPPORTED_CLASSES)})")
     try:
@@ -122,4 +133,14 @@ def layout_of_checkpoint(config: dict, names: set[str], get: Callable[[str], tor
         if untied:
             spec = spec.model_copy(update={"head": "untied"})
         return T5, Layout(cls, untied_head=untied), spec
+    if SUPPORTED_CLASSES[cls] != model_type:
+        raise SurgeryError(f"config.json says model_type {model_type!r} but architectures {cls}")
+    if model_type == "gpt2":
+        return GPT2, Layout(cls, prefix="transformer."), spec
+    if model_type == "llama":
+        # transformers writes a tied head once (as the embedding); an untied one as lm_head.weight.
+        untied = spec.head == "untied"
+        if untied and "lm_head.weight" not in names:
+            raise SurgeryError("config.json says tie_word_embeddings=false but the checkpoint has no lm_head.weight")
+        return LLAMA, Layout(cls, untied_head=untied), spec
     return BERT, _bert_layout(cls, names), spec

@@ -33,7 +33,7 @@ class Layout:
     prefix: str = ""  # BERT: "bert." under the pretraining heads, "" for a bare BertModel
     has_pooler: bool = False
     has_mlm_head: bool = False
-    untied_head: bool = False  # T5: a separate lm_head.weight
+    untied_head: bool = False  # T5, llama: a separate lm_head.weight
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,8 @@ class Family:
             Kind.INNER: spec.inner_dim,
             Kind.HEADS: spec.heads,
             Kind.FF: spec.d_ff,
+            Kind.KV_INNER: spec.kv_inner_dim,
+            Kind.INNER3: 3 * spec.inner_dim,
         }
         d.update(self.extra_dims(config))
         return d

@@ -18,7 +18,8 @@ from surgery.ops.growth import OPS, GrowthPlan, parse_op, plan_growth
 from surgery.ops.optim import grow_state, load_optimizer_state, optimizer_state_by_name
 from surgery.spec import ModelSpec
 
-__all__ = ["OPS", "Growth", "GrowthPlan", "grow_model", "grow_checkpoint", "plan_growth", "parse_op",
+__all__ = ["OPS", "Growth", "GrowthPlan", "CheckpointPlan", "grow_model", "grow_checkpoint", "plan_checkpoint",
+           "plan_growth", "parse_op",
            "optimizer_state_by_name", "load_optimizer_state"]
 
 
@@ -74,7 +75,7 @@ def _new_model(model, config: dict, untied: bool):
     cfg = type(model.config).from_dict(config)
     with no_init_weights():
         new = type(model)(cfg)
-    if untied:
+    if untied and cfg.model_type == "t5":
         untie_t5_head(new, torch.zeros_like(new.lm_head.weight))
     return new
 
@@ -83,8 +84,8 @@ def grow_model(model, src: ModelSpec, dst: ModelSpec, op: str, *, seed: int = 0,
     """Grow a transformers model (T5ForConditionalGeneration, BertForMaskedLM, BertModel) by `op`."""
     family, layout = layout_of_model(model)
     actual = spec_of_model(model)
-    if (actual.family, actual.stacks, actual.d_model, actual.heads, actual.d_ff, actual.head) != \
-            (src.family, src.stacks, src.d_model, src.heads, src.d_ff, src.head):
+    if (actual.family, actual.stacks, actual.d_model, actual.heads, actual.d_ff, actual.head, actual.n_kv_heads) != \
+            (src.family, src.stacks, src.d_model, src.heads, src.d_ff, src.head, src.n_kv_heads):
         raise SurgeryError(f"the model is {actual.describe()} (head={actual.head}), not {src.describe()} (head={src.head})")
     config = model.config.to_dict()
     plan = plan_growth(family, src, dst, op, layout, config, seed=seed, options=options)
@@ -106,9 +107,41 @@ def grow_model(model, src: ModelSpec, dst: ModelSpec, op: str, *, seed: int = 0,
     return Growth(new, plan, source)
 
 
+@dataclass
+class CheckpointPlan:
+    """A streaming growth planned from the safetensors headers alone (`surgery grow --dry-run`)."""
+
+    plan: GrowthPlan
+    src_bytes: int  # the source's weights as stored
+    out_bytes: int  # the output's weights
+    peak_bytes: int  # estimated peak resident memory of grow_checkpoint (surgery/ops/memory.py)
+    peak_tensor: str  # the output tensor whose making sets the peak
+    dtype: str
+
+
+def plan_checkpoint(src_dir, dst: ModelSpec, op: str, seed: int = 0, options: dict | None = None) -> CheckpointPlan:
+    """Plan growing the checkpoint folder `src_dir` and estimate its memory; reads headers only."""
+    from surgery.io import load_checkpoint
+    from surgery.ops.memory import estimate_peak
+
+    ckpt = load_checkpoint(src_dir)
+    plan = plan_growth(ckpt.family, ckpt.spec, dst, op, ckpt.layout, ckpt.config, seed=seed, options=options)
+    src_bytes = {}
+    for s in plan.src_view:
+        name = next((n for n in (s.hf, *s.aliases) if n in ckpt), None)
+        if name is not None:
+            src_bytes[s.name] = ckpt.tensors[name].nbytes
+    dtype = ckpt.dtype(plan.src_view["embed.tok"].hf) if plan.src_view["embed.tok"].hf in ckpt else torch.float32
+    elem = torch.empty((), dtype=dtype).element_size()
+    peak, tensor, out = estimate_peak(plan, src_bytes, elem)
+    return CheckpointPlan(plan, sum(t.nbytes for t in ckpt.tensors.values()), out, peak, tensor, str(dtype).removeprefix("torch."))
+
+
 def grow_checkpoint(src_dir, dst: ModelSpec, op: str, out_dir, seed: int = 0, options: dict | None = None, *,
                     shard_bytes: int | None = None) -> GrowthPlan:
-    """Grow the checkpoint folder `src_dir` into `out_dir`, one tensor at a time."""
+    """Grow the checkpoint folder `src_dir` into `out_dir`, one tensor at a time: each output tensor
+    is made from only the source tensors it needs, read when it is made and dropped right after, and
+    written as soon as it is made (peak memory: about the largest output tensor's working set)."""
     from surgery.io import DEFAULT_SHARD_BYTES, TensorTask, load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(src_dir)
@@ -135,7 +168,7 @@ def grow_checkpoint(src_dir, dst: ModelSpec, op: str, out_dir, seed: int = 0, op
     dtype = ckpt.dtype(plan.src_view["embed.tok"].hf) if plan.src_view["embed.tok"].hf in ckpt else torch.float32
     tasks = [TensorTask(s.hf, s.shape(plan.dst_dims), dtype, (lambda e=plan.entries[s.name]: e.weight(source)))
              for s in plan.dst_view]
-    tasks += [TensorTask(n, tuple(ckpt.get(n).shape), ckpt.dtype(n), (lambda n=n: ckpt.get(n))) for n in passthrough]
+    tasks += [TensorTask(n, ckpt.tensors[n].shape, ckpt.dtype(n), (lambda n=n: ckpt.get(n))) for n in passthrough]
     config = dict(plan.config)
     if "architectures" not in config:
         config["architectures"] = [ckpt.layout.model_class]

@@ -234,8 +234,7 @@ class Aki(Entry):
         for a, ax in enumerate(self.own.axes):
             m = self.own.rule.maps.get(ax.kind)
             if ax.role is Role.OUT and m is not None and not m.is_identity:
-                new = torch.arange(m.new) >= m.old
-                mask |= _along(new, a, len(self.shape))
+                mask |= _along(m.new_units, a, len(self.shape))
         return mask
 
     def weight(self, src):

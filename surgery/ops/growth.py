@@ -79,6 +79,10 @@ def check_specs(src: ModelSpec, dst: ModelSpec, parts: OpParts) -> None:
         if b < a:
             which = ("decoder " if i else "encoder ") if len(src.stacks) > 1 else ""
             raise SurgeryError(f"growth cannot shrink {which}depth ({a} -> {b} layers)")
+    if dst.n_kv_heads < src.n_kv_heads or dst.group_size < src.group_size:
+        raise SurgeryError(
+            f"grouped-query attention grows by whole kv groups: kv_heads ({src.n_kv_heads} -> {dst.n_kv_heads}) "
+            f"and query heads per kv head ({src.group_size} -> {dst.group_size}) may only grow")
     widens, deepens = not same_width(src, dst), src.stacks != dst.stacks
     if widens and parts.width is None:
         raise SurgeryError("d changes depth only: the target is wider, use a combined op (df, da or dl)")
@@ -167,7 +171,7 @@ def exactness_notes(plan: GrowthPlan) -> list[str]:
         elif p.width == "f" and not all(rule.maps[k].uniform for k in (Kind.MODEL,)):
             notes.append("FPI at a non-integer d_model ratio copies some units more often than others: "
                          "the norms no longer see the same statistics, so the function moves (see the probe)")
-        elif p.width == "l" and plan.family.norm == "ln" and bool(m.pad.any()):
+        elif p.width == "l" and plan.family.norm_position == "post" and bool(m.pad.any()):
             notes.append("lossless growth of a post-LayerNorm model at a non-integer d_model ratio is not exact: "
                          "the padding units cannot follow the mean of the LayerNorm output unless its gains are "
                          "all equal (docs/surgery.md); measure with the probe")

@@ -35,6 +35,18 @@ class Mapping:
     def pad(self) -> torch.Tensor:
         return self.src < 0
 
+    @cached_property
+    def new_units(self) -> torch.Tensor:
+        """Units that are not the first copy of their source (or are padding): what AKI fills from
+        the block above. For mappings whose old units keep their place: positions >= old."""
+        first = torch.zeros(self.new, dtype=torch.bool)
+        seen: set[int] = set()
+        for j, s in enumerate(self.src.tolist()):
+            if s >= 0 and s not in seen:
+                seen.add(s)
+                first[j] = True
+        return ~first
+
     @property
     def uniform(self) -> bool:
         """Every old unit has the same number of copies and nothing is padding."""

@@ -132,6 +132,26 @@ class MaskedLM:
         }
 
 
+@dataclass
+class CausalLM:
+    """Causal language modelling (GPT-2, Llama): predict every next token of a packed block. The
+    labels are the input ids (the model shifts them) with padding ignored; packed blocks have none,
+    but the rule keeps padded batches right."""
+
+    tokenizer: object
+    seq_len: int
+    family: str = "gpt2"
+
+    def __post_init__(self):
+        self.raw_len = self.seq_len
+        self.pad = self.tokenizer.pad_token_id
+
+    def __call__(self, blocks: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        input_ids = torch.from_numpy(np.asarray(blocks, dtype=np.int64))
+        keep = input_ids != self.pad if self.pad is not None else torch.ones_like(input_ids, dtype=torch.bool)
+        return {"input_ids": input_ids, "attention_mask": keep.long(), "labels": torch.where(keep, input_ids, IGNORE)}
+
+
 def _pad(rows: list[list[int]], length: int, value: int) -> torch.Tensor:
     out = torch.full((len(rows), length), value, dtype=torch.long)
     for i, r in enumerate(rows):
@@ -139,7 +159,7 @@ def _pad(rows: list[list[int]], length: int, value: int) -> torch.Tensor:
     return out
 
 
-OBJECTIVES = {"span_corruption": SpanCorruption, "mlm": MaskedLM}
+OBJECTIVES = {"span_corruption": SpanCorruption, "mlm": MaskedLM, "clm": CausalLM}
 
 
 def make_objective(name: str, params: dict, tokenizer, seq_len: int):

@@ -22,6 +22,9 @@ SPECIALS = {
         "sep_token": "[SEP]",
         "mask_token": "[MASK]",
     },
+    # Decoder-only: documents are joined with the end-of-text token; <pad> exists for batching.
+    "gpt2": {"pad_token": "<pad>", "eos_token": "<|endoftext|>", "unk_token": "<unk>"},
+    "llama": {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
 }
 
 
@@ -87,13 +90,17 @@ def train_tokenizer(docs: list[str], family: str, vocab: int):
         backend.post_processor = TemplateProcessing(
             single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", ids["</s>"])]
         )
+    elif family in ("gpt2", "llama"):
+        eos = specials["eos_token"]  # causal LM: a text ends with end-of-text
+        backend.post_processor = TemplateProcessing(single=f"$A {eos}", pair=f"$A {eos} $B {eos}",
+                                                    special_tokens=[(eos, ids[eos])])
     else:
         backend.post_processor = TemplateProcessing(
             single="[CLS] $A [SEP]",
             pair="[CLS] $A [SEP] $B:1 [SEP]:1",
             special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])],
         )
-    inputs = ["input_ids", "attention_mask"] if family == "t5" else ["input_ids", "token_type_ids", "attention_mask"]
+    inputs = ["input_ids", "attention_mask"] if family != "bert" else ["input_ids", "token_type_ids", "attention_mask"]
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, additional_special_tokens=extra or None, model_input_names=inputs, **specials
     )

@@ -149,3 +149,23 @@ def test_grown_optimizer_state_is_per_parameter(tmp_path):
     new_opt.step()
     steps = {float(s["step"]) for s in new_opt.state.values() if "step" in s}
     assert steps <= {1.0, 2.0} and 2.0 in steps
+
+
+@pytest.mark.parametrize("stop_at", [8, 24])
+def test_resume_from_a_segment_end_or_the_last_step(tmp_path, stop_at):
+    """A stop right after a segment's last checkpoint (before growth, or before the final save)."""
+    from surgery.plan import plan_file
+    from surgery.train.loop import Trainer
+    from surgery.train.schedule import compile_plan
+
+    recipe = write_recipe(tmp_path)
+    segments, settings = compile_plan(plan_file(recipe))
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    Trainer(segments, settings, full, run_name="t", quiet=True, corpus_base=tmp_path).run()
+    Trainer(segments, settings, cut, run_name="t", quiet=True, corpus_base=tmp_path, stop_after_step=stop_at).run()
+    assert not (cut / "final").exists()
+    Trainer(segments, settings, cut, run_name="t", quiet=True, corpus_base=tmp_path, resume=True).run()
+    a = load_file(full / "final" / "model.safetensors")
+    b = load_file(cut / "final" / "model.safetensors")
+    assert all((a[k] == b[k]).all() for k in a)
+    assert sorted(p.name for p in (cut / "stages").iterdir()) == ["0-T", "1-S", "2-B"]

@@ -28,11 +28,12 @@ from surgery.train.tokenizer import get_tokenizer
 class MetricsLog:
     """metrics.jsonl: one JSON object a line; truncated to the checkpoint's length on resume."""
 
-    def __init__(self, path: Path, keep_lines: int | None):
+    def __init__(self, path: Path, keep_lines: int | None, write: bool = True):
         self.path = path
         lines = path.read_text().splitlines() if path.exists() else []
         lines = lines[:keep_lines] if keep_lines is not None else []
-        path.write_text("".join(l + "\n" for l in lines))
+        if write:
+            path.write_text("".join(l + "\n" for l in lines))
         self.count = len(lines)
         self.rows = [json.loads(l) for l in lines]
 
@@ -133,8 +134,13 @@ class Trainer:
         model.train()
         return total / max(1, n)
 
+    def stage_dir(self, seg: Segment, index: int) -> Path:
+        return self.out / "stages" / f"{index}-{seg.name}"
+
     def save_stage(self, model, seg: Segment, index: int) -> Path:
-        folder = self.out / "stages" / f"{index}-{seg.name}"
+        folder = self.stage_dir(seg, index)
+        if not self.acc.is_main_process:
+            return folder
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         self.acc.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
@@ -179,13 +185,19 @@ class Trainer:
                 resumed = True
             elif ckpt_root.exists():
                 shutil.rmtree(ckpt_root)
-            metrics = MetricsLog(self.out / "metrics.jsonl", state["metrics_lines"] if resumed else None)
+            metrics = MetricsLog(self.out / "metrics.jsonl", state["metrics_lines"] if resumed else None,
+                                 write=self.acc.is_main_process)
             t0 = time.perf_counter() - state["wall_s"]
             task = progress.add_task("train", total=total, completed=state["step"], info="")
             step = state["step"]
 
+            main = self.acc.is_main_process
+
             def log(row):
-                metrics.write({"wall_s": round(time.perf_counter() - t0, 3), **row})
+                if main:
+                    metrics.write({"wall_s": round(time.perf_counter() - t0, 3), **row})
+
+            last_stage = self.stage_dir(segments[state["segment"]], state["segment"])
 
             for index in range(state["segment"], len(segments)):
                 seg = segments[index]
@@ -200,7 +212,8 @@ class Trainer:
                     # The previous segment's model grows into this one (also when resuming at a
                     # segment boundary: the checkpoint holds the model before growth).
                     if step >= seg_end:
-                        if not (self.out / "stages" / f"{index}-{seg.name}").exists():
+                        last_stage = self.stage_dir(seg, index)
+                        if not last_stage.exists():
                             self.save_stage(model, seg, index)
                         continue
                     prev = segments[index - 1]
@@ -238,7 +251,10 @@ class Trainer:
                     for micro in range(self.s.grad_accum):
                         idx = self.order.indices(step, micro)
                         batch = self.objective(self.train_blocks[idx], step_rng(self.s.seed, step, micro))
-                        batch = {k: v.to(self.acc.device) for k, v in batch.items()}
+                        # Several processes (accelerate launch) each take their rows of the one
+                        # global batch, so the data seen per step does not depend on the count.
+                        n, rank = self.acc.num_processes, self.acc.process_index
+                        batch = {k: v[rank::n].to(self.acc.device) for k, v in batch.items()}
                         with self.acc.autocast():
                             loss = model(**batch).loss / self.s.grad_accum
                         self.acc.backward(loss)
@@ -268,21 +284,26 @@ class Trainer:
                     if step % every == 0 or at_end:
                         state.update(segment=index, step=step, wall_s=time.perf_counter() - t0,
                                      metrics_lines=metrics.count)
-                        opt_state = ckpt.optimizer_state_by_name(self.acc.unwrap_model(model), optimizer)
-                        ckpt.save_checkpoint(ckpt_root, step, self.acc.unwrap_model(model), optimizer, state)
+                        if main:
+                            ckpt.save_checkpoint(ckpt_root, step, self.acc.unwrap_model(model), optimizer, state)
+                        self.acc.wait_for_everyone()
                     if self.stop_after_step is not None and step >= self.stop_after_step:
                         return {"stopped_early": True, "step": step}
                 opt_state = ckpt.optimizer_state_by_name(self.acc.unwrap_model(model), optimizer)
                 last_stage = self.save_stage(model, seg, index)
+            if not last_stage.exists():  # resumed from the last checkpoint, before its stage was saved
+                last_stage = self.save_stage(model, segments[state["segment"]], state["segment"])
             final = self.out / "final"
-            shutil.rmtree(final, ignore_errors=True)
-            shutil.copytree(last_stage, final)
+            if main:
+                shutil.rmtree(final, ignore_errors=True)
+                shutil.copytree(last_stage, final)
         summary = {"run": self.run_name, "steps": step, "tokens": state["tokens"],
                    "wall_s": round(time.perf_counter() - t0, 3), "steps_per_epoch": spe,
                    "final_val_loss": next((r["val_loss"] for r in reversed(metrics.rows) if r.get("val_loss") is not None), None),
                    "stopped_by_until": state["stopped"], "settings": asdict(self.s)}
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
-        from surgery.train.curves import plot_run
+        if self.acc.is_main_process:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
+            from surgery.train.curves import plot_run
 
-        plot_run(self.out)
+            plot_run(self.out)
         return summary

@@ -51,6 +51,8 @@ class _Base:
         self.mask_id, self.pad = tokenizer.mask_token_id, tokenizer.pad_token_id
         self.vocab = len(tokenizer)
         self.special = np.array(sorted(set(tokenizer.all_special_ids)))
+        # random replacements are ordinary tokens (never [MASK], [SEP], [PAD], ...)
+        self.ordinary = np.setdiff1d(np.arange(self.vocab), self.special)
 
     def _wrap(self, blocks: np.ndarray) -> np.ndarray:
         b = blocks.shape[0]
@@ -63,7 +65,7 @@ class _Base:
         to_mask = chosen & (roll < mask_fraction)
         to_random = chosen & (roll >= mask_fraction) & (roll < mask_fraction + random_fraction)
         out = np.where(to_mask, self.mask_id, ids)
-        return np.where(to_random, rng.integers(0, self.vocab, ids.shape), out)
+        return np.where(to_random, self.ordinary[rng.integers(0, len(self.ordinary), ids.shape)], out)
 
     def _tensors(self, ids, labels, token_types=None, **extra):
         input_ids = torch.from_numpy(ids.astype(np.int64))

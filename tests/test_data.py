@@ -48,3 +48,11 @@ def test_batch_order_is_a_function_of_the_step():
     again = BatchOrder(n_blocks=100, batch_size=8, grad_accum=2, seed=3)
     assert (again.indices(7, 1) == order.indices(7, 1)).all()
     assert not (order.indices(6, 0) == order.indices(0, 0)).all()  # a new permutation each epoch
+
+
+def test_demo_corpus_is_real_korean_text_from_an_installed_package():
+    train, valid = load_documents(resolve_corpus("demo"))
+    text = "".join(train)
+    hangul = sum("\uac00" <= ch <= "\ud7a3" for ch in text)
+    assert len(train) > 500 and len(valid) >= 10
+    assert hangul / len(text) > 0.5

@@ -23,14 +23,14 @@ grow T d@{d} S {w}@{w_at} B
 train {steps}steps on "corpus.txt"
     objective span_corruption(rate=0.15, mean_span=3)
     optimizer adamw(lr=3e-3, warmup=4steps)
-    batch_size=4 seq_len=48 val_every=5steps
+    batch_size=4 seq_len=48 val_every=5steps {extra}
 """
 
 
-def write_recipe(folder: Path, *, d="8steps", w="l", w_at="16steps", steps=24) -> Path:
+def write_recipe(folder: Path, *, d="8steps", w="l", w_at="16steps", steps=24, extra="") -> Path:
     (folder / "corpus.txt").write_text("\n".join(documents(300)) + "\n")
     recipe = folder / "tiny.grow"
-    recipe.write_text(RECIPE.format(d=d, w=w, w_at=w_at, steps=steps))
+    recipe.write_text(RECIPE.format(d=d, w=w, w_at=w_at, steps=steps, extra=extra))
     return recipe
 
 
@@ -78,7 +78,8 @@ def _run_cmd(recipe, out, *extra):
 
 
 def test_resume_after_sigkill_gives_the_uninterrupted_weights(tmp_path):
-    recipe = write_recipe(tmp_path, steps=30)
+    # Optimizer state grows with the weights here, so the checkpoint after growth holds grown state.
+    recipe = write_recipe(tmp_path, steps=30, extra="optimizer_on_grow=grow")
     env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
     full = tmp_path / "full"
     subprocess.run(_run_cmd(recipe, full), check=True, env=env, capture_output=True)
@@ -88,7 +89,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_weights(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         log = killed / "metrics.jsonl"
-        if log.exists() and any(json.loads(l).get("step", 0) >= 17 for l in log.read_text().splitlines() if l):
+        if log.exists() and any(json.loads(l).get("step", 0) >= 22 for l in log.read_text().splitlines() if l):
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed"
@@ -121,3 +122,30 @@ def test_resume_without_a_checkpoint_says_so(tmp_path):
     (tmp_path / "r" / "checkpoints").mkdir(parents=True)
     result = CliRunner().invoke(app, ["run", str(recipe), "--out", str(tmp_path / "r"), "--resume", "--quiet"])
     assert result.exit_code == 2 and "no complete checkpoint" in result.output
+
+
+def test_grown_optimizer_state_is_per_parameter(tmp_path):
+    """AdamW advances each parameter's step in place: after growth every parameter keeps its own."""
+    import torch
+
+    from surgery.families import build_model
+    from surgery.ops import grow_model
+    from surgery.spec import ModelSpec
+    from surgery.train import checkpoint as ckpt
+    from surgery.train.loop import make_optimizer
+    from surgery.train.schedule import RunSettings
+
+    small = ModelSpec(family="t5", layers=1, decoder_layers=1, d_model=16, heads=2, d_ff=32, vocab=64)
+    big = small.model_copy(update={"d_model": 32, "heads": 4, "d_ff": 64})
+    model = build_model(small, seed=0)
+    opt = make_optimizer(model, RunSettings())
+    batch = {"input_ids": torch.randint(3, 64, (2, 8)), "labels": torch.randint(3, 64, (2, 5))}
+    model(**batch).loss.backward()
+    opt.step()
+    growth = grow_model(model, small, big, "l", seed=0)
+    new_opt = make_optimizer(growth.model, RunSettings())
+    ckpt.load_optimizer_state(growth.model, new_opt, growth.grow_optimizer_state(ckpt.optimizer_state_by_name(model, opt)))
+    growth.model(**batch).loss.backward()
+    new_opt.step()
+    steps = {float(s["step"]) for s in new_opt.state.values() if "step" in s}
+    assert steps <= {1.0, 2.0} and 2.0 in steps

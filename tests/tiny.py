@@ -51,5 +51,5 @@ def rel_change(new: torch.Tensor, old: torch.Tensor) -> float:
 
 def loss(m, ids: torch.Tensor) -> torch.Tensor:
     if m.config.model_type == "t5":
-        return m(input_ids=ids, labels=ids[:, :5]).loss
+        return m(input_ids=ids, labels=ids[:, :5].contiguous()).loss
     return m(input_ids=ids, labels=ids).loss

@@ -5,6 +5,7 @@ or streaming between checkpoint folders (`grow_checkpoint`, for `surgery grow`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,8 +127,6 @@ def grow_checkpoint(src_dir, dst: ModelSpec, op: str, out_dir, seed: int = 0, op
 
     source = _CkptSource()
     known = set(plan.src_view.by_hf())
-    import re
-
     passthrough = [n for n in ckpt.names() if any(re.match(p, n) for p in ckpt.family.passthrough)]
     unknown = sorted(set(ckpt.names()) - known - set(passthrough))
     if unknown:

@@ -58,8 +58,37 @@ def check_layers(layers: list[int], old: int, new: int, stack: str, identity: bo
                 f"layer list must be 0..{old - 1} in order, got {firsts}")
 
 
+def recovery_matrix(g: torch.Tensor, notes: list[str] | None = None) -> torch.Tensor:
+    """B with B @ P(g * xhat) = xhat for every mean-zero xhat (P: subtract the mean).
+
+    With all gains non-zero: B = diag(1/g) (I - 1 w^T), w = (1/g) / sum(1/g). Units whose gain is
+    zero (trained LayerNorms have some: MiniLM-L6's last one has three at ~1e-33) carry no xhat
+    but reveal the lost mean directly (their centred value is -mean(g * xhat)); their own xhat is
+    then known only as a group sum, spread evenly. Exact with at most one zero gain; with more, the
+    next LayerNorm's variance misses the spread of xhat inside that group (measured by the probe).
+    """
+    d = g.numel()
+    dead = g.abs() <= 1e-6 * g.abs().max()
+    live = ~dead
+    if not bool(dead.any()):
+        inv = 1.0 / g
+        return torch.diag(inv) @ (torch.eye(d, dtype=g.dtype) - torch.outer(torch.ones(d, dtype=g.dtype), inv / inv.sum()))
+    n_dead = int(dead.sum())
+    if n_dead > 1 and notes is not None:
+        msg = (f"identity block after a LayerNorm with {n_dead} zero gains: not exact (the zero-gain units' "
+               "normalised values cannot be recovered one by one)")
+        if msg not in notes:
+            notes.append(msg)
+    b = torch.zeros(d, d, dtype=g.dtype)
+    live_idx = live.nonzero().flatten()
+    b[live_idx, live_idx] = 1.0 / g[live]
+    b[live_idx[:, None], dead.nonzero().flatten()[None, :]] = -1.0 / (g[live][:, None] * n_dead)
+    b[dead] = -b[live].sum(dim=0) / n_dead
+    return b
+
+
 def post_norm_identity(dst: dict[str, Entry], view: View, stack: str, p: int, copy: dict[str, Entry],
-                       dims: dict[Kind, int]) -> dict[str, Entry]:
+                       dims: dict[Kind, int], notes: list[str] | None = None) -> dict[str, Entry]:
     """A post-LayerNorm BERT block that is the identity on its input x = g*xhat + b, where (g, b)
     is the LayerNorm that produced x (previous block's output norm or the embedding norm).
 
@@ -70,7 +99,7 @@ def post_norm_identity(dst: dict[str, Entry], view: View, stack: str, p: int, co
            so h + FFN(h) = B h, and B inverts P*diag(g) on mean-zero vectors, so B h = xhat / s
       LN2: gain g, shift b                                  -> g*xhat + b = x (LayerNorm is scale-
                                                               invariant; error ~ eps, 1e-12)
-    B = diag(1/g) (I - 1 w^T), w = (1/g) / sum(1/g). Needs d_ff >= 2*d_model and no zero in g.
+    B: see `recovery_matrix`. Needs d_ff >= 2*d_model.
     Attention q/k/v keep the copied layer's weights (they matter once the output projection learns).
     """
     d, f = dims[Kind.MODEL], dims[Kind.FF]
@@ -83,12 +112,7 @@ def post_norm_identity(dst: dict[str, Entry], view: View, stack: str, p: int, co
         return torch.cat([eye, -eye, torch.zeros(f - 2 * d, d, dtype=torch.float64)])
 
     def w2(g):
-        g = g.to(torch.float64)
-        if bool((g == 0).any()):
-            raise SurgeryError("identity depth on post-LN needs a LayerNorm gain without zeros")
-        inv = 1.0 / g
-        b = torch.diag(inv) @ (torch.eye(d, dtype=torch.float64) - torch.outer(torch.ones(d, dtype=torch.float64), inv / inv.sum()))
-        m = b - torch.eye(d, dtype=torch.float64)
+        m = recovery_matrix(g.to(torch.float64), notes) - torch.eye(d, dtype=torch.float64)
         return torch.cat([m, -m, torch.zeros(d, f - 2 * d, dtype=torch.float64)], dim=1)
 
     out = {s.name: copy[s.local] for s in view.block(stack, p) if s.local.startswith("attn.") and s.local[5] in "qkv"}
@@ -111,7 +135,7 @@ def post_norm_identity(dst: dict[str, Entry], view: View, stack: str, p: int, co
 
 
 def deepen(family: Family, widened: dict[str, Entry], src_view: View, dst_view: View, layers: dict[str, list[int]],
-           identity: bool, dst_dims: dict[Kind, int], config: dict) -> dict[str, Entry]:
+           identity: bool, dst_dims: dict[Kind, int], config: dict, notes: list[str] | None = None) -> dict[str, Entry]:
     """Entries of every slot of the target view: globals and stack-level tensors as widened,
     block p of each stack from block layers[stack][p] of the (widened) source."""
     out: dict[str, Entry] = {s.name: widened[s.name] for s in dst_view if s.layer is None}
@@ -129,7 +153,7 @@ def deepen(family: Family, widened: dict[str, Entry], src_view: View, dst_view: 
                 out.update({s.name: Zero(s.shape(dst_dims)) if s.writes_residual() else copy[s.local]
                             for s in dst_view.block(stack, p)})
             else:
-                out.update(post_norm_identity(out, dst_view, stack, p, copy, dst_dims))
+                out.update(post_norm_identity(out, dst_view, stack, p, copy, dst_dims, notes))
     return out
 
 

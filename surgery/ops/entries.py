@@ -57,12 +57,14 @@ class Read(Entry):
     name: str
     shape: tuple[int, ...]
 
+    # Growth computes on the CPU in fp32 (mappings and generators live there); the caller moves
+    # the results to the model's device and dtype.
     def weight(self, src):
-        return src.tensor(self.name).to(torch.float32)
+        return src.tensor(self.name).to("cpu", torch.float32)
 
     def moment(self, src, key):
         m = src.moment(self.name, key)
-        return torch.zeros(self.shape) if m is None else m.to(torch.float32)
+        return torch.zeros(self.shape) if m is None else m.to("cpu", torch.float32)
 
 
 @dataclass

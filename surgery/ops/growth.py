@@ -141,10 +141,12 @@ def plan_growth(family: Family, src: ModelSpec, dst: ModelSpec, op: str, layout:
     scale = eps_scale(src, dst, parts.width or "") if rule is not None else 1.0
     if scale != 1.0:
         new_config[family.eps_key] = config.get(family.eps_key, _default_eps(family)) * scale
-    entries = deepen(family, widened, src_view, dst_view, layers, parts.identity, dst_dims, config)
+    # Filled now with what the specs tell, and while tensors are made with what only weights tell.
+    notes: list[str] = []
+    entries = deepen(family, widened, src_view, dst_view, layers, parts.identity, dst_dims, config, notes)
     plan = GrowthPlan(family, parts, src, dst, layout, layout, src_view, dst_view, src_dims, dst_dims, rule,
-                      layers, entries, new_config)
-    plan.notes = exactness_notes(plan)
+                      layers, entries, new_config, notes)
+    notes.extend(exactness_notes(plan))
     return plan
 
 

@@ -29,11 +29,15 @@ def optimizer_state_by_name(model, optimizer) -> dict[str, dict[str, torch.Tenso
 def load_optimizer_state(model, optimizer, state: dict[str, dict[str, torch.Tensor]]) -> None:
     for name, p in model.named_parameters():
         if name in state:
-            optimizer.state[p] = {k: v.to(p.device) if k != "step" else v.clone() for k, v in state[name].items()}
+            # Own copies: AdamW updates moments and the step count in place, so entries that
+            # share storage (as grown state may) would be advanced once per parameter.
+            optimizer.state[p] = {k: (v if k == "step" else v.to(p.device)).clone() for k, v in state[name].items()}
 
 
 def _flatten(state: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {f"{name}::{k}": v.detach().contiguous().cpu() for name, st in state.items() for k, v in st.items()}
+    # Grown state can share storage between entries (one step tensor for many parameters);
+    # safetensors refuses shared storage, so every entry gets its own copy.
+    return {f"{name}::{k}": v.detach().cpu().clone() for name, st in state.items() for k, v in st.items()}
 
 
 def _unflatten(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:

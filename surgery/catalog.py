@@ -61,13 +61,27 @@ OPS: dict[str, OpInfo] = {
     ),
 }
 
-# Ops the language has room for but the project does not implement yet.
-PLANNED_OPS = {
-    "factorize": "ALBERT factorized embeddings",
-    "share": "ALBERT cross-layer sharing",
-    "distil": "distillation into a smaller student",
+# Compression ops: the chain's right model is smaller (or the same size, differently built).
+COMPRESS_OPS: dict[str, OpInfo] = {
+    "factorize": OpInfo(False, None, "ALBERT factorized embeddings: bert -> albert(embedding=E), best rank-E approximation of the trained embedding (SVD)",
+                        {"rank": ArgInfo("int", None, help="E; must match the target's embedding= (optional)")}),
+    "share": OpInfo(False, None, "ALBERT cross-layer sharing: every layer uses one set of weights",
+                    {"what": ArgInfo("choice", "all", ("all", "attention", "ffn"), "what is shared (transformers' ALBERT shares whole layers: all)"),
+                     "init": ArgInfo("choice", "mean", ("mean", "first", "middle"),
+                                     "the shared weights start as the mean of the trained layers, layer 0, or the middle layer")}),
+    "distil": OpInfo(False, None, "distillation into a shallower student initialised from the teacher's layers (DistilBERT)",
+                     {"style": ArgInfo("choice", "distilbert", ("distilbert", "tinybert", "tutor"),
+                                       "distilbert: soft CE at T + hard MLM + hidden cosine; tinybert: embedding/attention/hidden/prediction losses; tutor: Tutor-KD"),
+                      "T": ArgInfo("float", 2.0, help="softmax temperature of the soft targets"),
+                      "soft": ArgInfo("float", 5.0, help="weight of the soft-target loss (multiplied by T^2)"),
+                      "hard": ArgInfo("float", 2.0, help="weight of the student's own MLM loss"),
+                      "cos": ArgInfo("float", 1.0, help="weight of the hidden-state cosine loss"),
+                      "select": ArgInfo("choice", "every-other", ("every-other", "first", "last"),
+                                        "which teacher layers the student starts from: every other (DistilBERT), the first or the last L")}),
 }
 
+# Ops the language has room for but the project does not implement yet.
+PLANNED_OPS: dict[str, str] = {}
 
 @dataclass(frozen=True)
 class ObjectiveInfo:
@@ -75,6 +89,13 @@ class ObjectiveInfo:
     help: str
     params: dict[str, ArgInfo]
 
+
+_MASK_ARGS = {
+    "rate": ArgInfo("float", 0.15, help="fraction of tokens masked"),
+    "masking": ArgInfo("choice", "dynamic", ("dynamic", "static"),
+                       "dynamic: new masks each time a block is seen (RoBERTa); static: fixed per block"),
+    "masks": ArgInfo("int", 1, help="static masking: distinct mask copies per block, used in turn by epoch (RoBERTa: 10)"),
+}
 
 OBJECTIVES: dict[str, ObjectiveInfo] = {
     "span_corruption": ObjectiveInfo(
@@ -86,9 +107,35 @@ OBJECTIVES: dict[str, ObjectiveInfo] = {
         },
     ),
     "mlm": ObjectiveInfo(
+        ("bert", "albert"),
+        "BERT/RoBERTa masked language modelling (80/10/10), dynamic or static masks",
+        {**_MASK_ARGS},
+    ),
+    "span": ObjectiveInfo(
+        ("bert", "albert"),
+        "SpanBERT span masking: whole-word spans, geometric lengths, 80/10/10 per span; sbo=true adds the span-boundary objective",
+        {
+            **_MASK_ARGS,
+            "p": ArgInfo("float", 0.2, help="geometric parameter of span lengths (mean 3.8 words at p=0.2, max 10)"),
+            "max_span": ArgInfo("int", 10, help="longest span (words; tokens with whole_words=false)"),
+            "whole_words": ArgInfo("bool", True, help="spans of whole SentencePiece words (pieces starting with ▁)"),
+            "sbo": ArgInfo("bool", False, help="add the span-boundary objective (bert only)"),
+        },
+    ),
+    "electra": ObjectiveInfo(
         ("bert",),
-        "masked language modelling with dynamic masking (80/10/10)",
-        {"rate": ArgInfo("float", 0.15, help="fraction of tokens masked")},
+        "ELECTRA replaced-token detection: loss = generator MLM + lambda * RTD; the discriminator is kept",
+        {
+            **_MASK_ARGS,
+            "generator": ArgInfo("float", 0.25, help="generator width as a fraction of the discriminator's (d_model, d_ff, heads)"),
+            "generator_d_model": ArgInfo("int", 0, help="generator d_model (overrides generator=)"),
+            "lambda": ArgInfo("float", 50.0, help="weight of the RTD loss"),
+        },
+    ),
+    "sop": ObjectiveInfo(
+        ("bert", "albert"),
+        "ALBERT sentence-order prediction alongside MLM (needs packing=doc-sentences, the default for sop)",
+        {**_MASK_ARGS},
     ),
 }
 
@@ -98,7 +145,12 @@ OBJECTIVES["clm"] = ObjectiveInfo(
     {},
 )
 
-DEFAULT_OBJECTIVE = {"t5": "span_corruption", "bert": "mlm", "gpt2": "clm", "llama": "clm"}
+# Objectives that train modules besides the kept model (heads, a generator) or a different
+# model class; growth mid-run would have to grow those too, which is not supported yet.
+OBJECTIVES_WITHOUT_GROWTH = {"electra": "the ELECTRA generator and RTD head", "sop": "the sentence-order head",
+                            "span(sbo=true)": "the span-boundary head"}
+
+DEFAULT_OBJECTIVE = {"t5": "span_corruption", "bert": "mlm", "albert": "mlm", "gpt2": "clm", "llama": "clm"}
 
 _FT_ARGS = {
     "epochs": ArgInfo("float", None, help="fine-tuning epochs"),
@@ -120,8 +172,8 @@ class TaskInfo:
 
 
 TASKS: dict[str, TaskInfo] = {
-    "klue-nli": TaskInfo(("t5", "bert"), "KLUE natural language inference (accuracy)"),
-    "korquad-ext": TaskInfo(("t5", "bert"), "KorQuAD 1.0 extractive QA on the encoder (EM/F1)"),
+    "klue-nli": TaskInfo(("t5", "bert", "albert"), "KLUE natural language inference (accuracy)"),
+    "korquad-ext": TaskInfo(("t5", "bert", "albert"), "KorQuAD 1.0 extractive QA on the encoder (EM/F1)"),
     "korquad-gen": TaskInfo(("t5",), "KorQuAD 1.0 generative QA, encoder-decoder (EM/F1)"),
     "news-summ": TaskInfo(("t5",), "Korean news summarization, encoder-decoder (ROUGE-L F1)"),
 }
@@ -132,6 +184,7 @@ FAMILY_ARGS: dict[str, tuple[str, ...]] = {
     "bert": ("layers", "d_model", "heads", "d_ff", "vocab", "max_positions"),
     "gpt2": ("layers", "d_model", "heads", "d_ff", "vocab", "max_positions"),
     "llama": ("layers", "d_model", "heads", "kv_heads", "d_ff", "d_kv", "vocab", "tie", "max_positions"),
+    "albert": ("layers", "d_model", "heads", "d_ff", "vocab", "max_positions", "embedding", "share"),
 }
 REQUIRED_MODEL_ARGS = ("layers", "d_model", "heads", "d_ff")
 PLANNED_FAMILIES: tuple[str, ...] = ()

@@ -85,7 +85,7 @@ class GrowStage(BaseModel):
     @field_validator("op")
     @classmethod
     def _known_op(cls, v: str) -> str:
-        if v not in catalog.OPS:
+        if v not in catalog.OPS and v not in catalog.COMPRESS_OPS:
             raise ValueError(f"unknown op {v!r}")
         return v
 
@@ -159,6 +159,10 @@ class TrainSettings(BaseModel):
     lr_on_grow: LrOnGrow = LrOnGrow()
     optimizer_on_grow: Literal["reset", "grow"] = "reset"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # full-sentences: blocks packed across documents (separator between them); doc-sentences:
+    # blocks never cross a document boundary (RoBERTa's two input formats). None: the
+    # objective's default (doc-sentences for sop, full-sentences otherwise).
+    packing: Literal["full-sentences", "doc-sentences"] | None = None
 
     @property
     def tokens_per_step(self) -> int:
@@ -308,6 +312,13 @@ class _Builder:
             if text not in ("true", "false"):
                 raise self.err(f"tie must be true or false, got {_value_text(v)}", v.pos)
             return text == "true"
+        if key == "share":
+            text = v.value if isinstance(v, (Name, Str)) else None
+            if text in ("attention", "ffn"):
+                raise self.err(f"share={text} is not supported yet: transformers' ALBERT (what from_pretrained loads) shares whole layers only; use share=all or share=none", v.pos)
+            if text not in ("none", "all"):
+                raise self.err(f"share must be none or all{_suggest(str(text), ('none', 'all')) if text else ''}", v.pos)
+            return text
         if key in ("ff", "head"):
             choices = {"ff": ("relu", "gated-gelu"), "head": ("tied", "tied-unscaled", "untied")}[key]
             text = v.value if isinstance(v, (Name, Str)) else None
@@ -407,6 +418,12 @@ class _Builder:
             pos = where.get(loc) or where.get(str(first["loc"][0])) or decl.pos
             raise self.err(f"{loc}: {_pydantic_msg(first)}", pos) from None
         self._check_setting_units(settings, where)
+        obj = settings.objective.name
+        if settings.packing == "doc-sentences" and family == "t5":
+            raise self.err("packing=doc-sentences is for bert objectives; t5 span corruption packs across documents", where["packing"])
+        if obj == "sop" and settings.packing == "full-sentences":
+            raise self.err("sop needs segments from one document: use packing=doc-sentences (the default for sop)", where["packing"])
+        self.objective_pos = where.get("objective", decl.pos)
         return settings
 
     def _corpus(self, clause: Clause, values: dict, where: dict) -> None:
@@ -450,8 +467,10 @@ class _Builder:
         "lr_on_grow": "lr_on_grow",
         "optimizer_on_grow": "choice",
         "precision": "choice",
+        "packing": "choice",
     }
-    SETTING_CHOICES = {"optimizer_on_grow": ("reset", "grow"), "precision": ("auto", "fp32", "bf16", "fp16")}
+    SETTING_CHOICES = {"optimizer_on_grow": ("reset", "grow"), "precision": ("auto", "fp32", "bf16", "fp16"),
+                       "packing": ("full-sentences", "doc-sentences")}
     SETTING_ALIASES = {"batch": "batch_size", "bs": "batch_size", "seq_length": "seq_len", "max_len": "seq_len",
                        "gradient_accumulation": "grad_accum", "eval_every": "val_every", "validate_every": "val_every"}
 
@@ -522,9 +541,27 @@ class _Builder:
                 raise self.err(f"objective arguments need names ({', '.join(info.params)})", arg.pos)
             if arg.key not in info.params:
                 raise self.err(f"unknown {name} argument {arg.key!r}{_suggest(arg.key, info.params)}", arg.pos)
-            if not isinstance(arg.value, Number):
-                raise self.err(f"{arg.key} is a number", arg.value.pos)
-            params[arg.key] = arg.value.value
+            params[arg.key] = self._objective_value(arg, info.params[arg.key])
+        if params.get("masks", 1) < 1:
+            bad = next((a for a in call.args if a.key == "masks"), None)
+            raise self.err("masks is at least 1", bad.value.pos if bad else pos)
+        if "p" in params and not 0 < params["p"] < 1:
+            bad = next((a for a in call.args if a.key == "p"), None)
+            raise self.err(f"p is a probability between 0 and 1, got {params['p']}", bad.value.pos if bad else pos)
+        if params.get("max_span", 1) < 1:
+            bad = next((a for a in call.args if a.key == "max_span"), None)
+            raise self.err("max_span is at least 1", bad.value.pos if bad else pos)
+        if name == "span" and params.get("sbo") and family != "bert":
+            raise self.err("sbo=true (the span-boundary objective) is implemented for bert models only", call.pos)
+        if name == "electra":
+            g, gd = params["generator"], params["generator_d_model"]
+            if not 0 < g <= 1:
+                bad = next((a for a in call.args if a.key == "generator"), None)
+                raise self.err(f"generator is a width fraction in (0, 1], e.g. generator=0.25; got {g}", bad.value.pos if bad else pos)
+            if gd < 0:
+                raise self.err("generator_d_model must be positive", call.pos)
+            if params["lambda"] < 0:
+                raise self.err("lambda must not be negative", call.pos)
         rate = params.get("rate")
         if rate is not None and not 0 < rate < 1:
             bad = next((a for a in call.args if a.key == "rate"), None) if call else None
@@ -534,6 +571,27 @@ class _Builder:
             bad = next((a for a in call.args if a.key == "mean_span"), None) if call else None
             raise self.err(f"mean_span is at least 1 token, got {span}", bad.value.pos if bad else pos)
         return Objective(name=name, params=params)
+
+    def _objective_value(self, arg: Arg, spec: catalog.ArgInfo):
+        v = arg.value
+        if spec.kind == "choice":
+            text = v.value if isinstance(v, (Name, Str)) else _value_text(v)
+            if text not in spec.choices:
+                raise self.err(f"{arg.key} must be one of {', '.join(spec.choices)}{_suggest(text, spec.choices)}", v.pos)
+            return text
+        if spec.kind == "bool":
+            text = v.value if isinstance(v, (Name, Str)) else (str(v.value) if isinstance(v, Number) else None)
+            table = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+            if text not in table:
+                raise self.err(f"{arg.key} is true or false", v.pos)
+            return table[text]
+        if not isinstance(v, Number):
+            raise self.err(f"{arg.key} is a number", v.pos)
+        if spec.kind == "int":
+            if not isinstance(v.value, int):
+                raise self.err(f"{arg.key} is a whole number", v.pos)
+            return v.value
+        return v.value
 
     def _optimizer(self, call: Call | None, budget: Point, where: dict) -> Optimizer:
         if call is None:
@@ -587,8 +645,8 @@ class _Builder:
             raise self.err(f"warmup {warmup.text()} is longer than the {s.budget.text()} budget", where.get("optimizer.warmup"))
 
     # -- the chain ------------------------------------------------------------------------------
-    def op_args(self, op: OpRef) -> dict[str, Any]:
-        info = catalog.OPS[op.name]
+    def op_args(self, op: OpRef, info: catalog.OpInfo | None = None) -> dict[str, Any]:
+        info = info or catalog.OPS[op.name]
         args: dict[str, Any] = {}
         for arg in op.args:
             key = arg.key
@@ -626,8 +684,63 @@ class _Builder:
                 args[key] = spec.default
         return args
 
+    def check_compress(self, op: OpRef, src_name: str, dst_name: str, src_pos: Pos, dst_pos: Pos) -> dict[str, Any]:
+        """Exact shape checks of factorize / share / distil; their resolved arguments."""
+        info = catalog.COMPRESS_OPS[op.name]
+        if op.layers is not None:
+            raise self.err(f"{op.name} takes no layer list", op.layers_pos)
+        src, dst = self.known_model(src_name, src_pos), self.known_model(dst_name, dst_pos)
+        where = f"{src_name} {op.written} {dst_name}"
+        # factorize(128): a bare number is the rank
+        args_in = list(op.args)
+        args: dict[str, Any] = {}
+        if op.name == "factorize" and args_in and args_in[0].key is None and isinstance(args_in[0].value, Number):
+            args["rank"] = args_in.pop(0).value.value
+        import dataclasses
+
+        args.update(self.op_args(dataclasses.replace(op, args=tuple(args_in)), info))
+        same = ("d_model", "heads", "d_ff", "vocab", "max_positions")
+        if op.name in ("factorize", "share"):
+            if src.family not in ("bert", "albert") or dst.family != "albert":
+                raise self.err(f"{where}: {op.name} turns a bert (or albert) model into an albert model; {dst_name} is {dst.family}", dst_pos)
+            for key in ("layers",) + same:
+                if getattr(src, key) != getattr(dst, key):
+                    raise self.err(f"{where}: {op.name} keeps {key} ({getattr(src, key)} -> {getattr(dst, key)}); change it with a separate op", dst_pos)
+        if op.name == "factorize":
+            if src.family == "albert" and src.embedding is not None:
+                raise self.err(f"{where}: {src_name} is already factorized (embedding={src.embedding})", op.pos)
+            if dst.share != src.share:
+                raise self.err(f"{where}: factorize keeps the layers ({src.share} -> {dst.share} sharing); use share for that", dst_pos)
+            if "rank" in args and args["rank"] != dst.embedding_size:
+                raise self.err(f"{where}: factorize({args['rank']}) but {dst_name} has embedding={dst.embedding_size}", op.pos)
+            args["rank"] = dst.embedding_size
+        if op.name == "share":
+            if args["what"] != "all":
+                raise self.err(f"share({args['what']}) is not supported yet: transformers' ALBERT (what from_pretrained loads) shares whole layers only; use share(all)", op.pos)
+            if src.embedding_size != dst.embedding_size:
+                raise self.err(f"{where}: share keeps the embedding size ({src.embedding_size} -> {dst.embedding_size}); factorize first", dst_pos)
+            if dst.share != "all" or (src.family == "albert" and src.share == "all"):
+                raise self.err(f"{where}: share needs an unshared source and a target with share=all", dst_pos)
+        if op.name == "distil":
+            if args["style"] == "tutor":
+                raise self.err("distil(style=tutor) (Tutor-KD) is not supported yet", op.pos)
+            if args["style"] == "tinybert":
+                raise self.err("distil(style=tinybert) is not supported yet; distil(style=distilbert) is", op.pos)
+            if src.family != "bert" or dst.family != "bert":
+                raise self.err(f"{where}: distil works between bert models", dst_pos)
+            for key in same:
+                if getattr(src, key) != getattr(dst, key):
+                    raise self.err(f"{where}: distil(style=distilbert) keeps the width ({key} {getattr(src, key)} -> {getattr(dst, key)}): the student starts from the teacher's layers and the cosine loss compares hidden states", dst_pos)
+            if dst.layers >= src.layers:
+                raise self.err(f"{where}: the student must have fewer layers than the teacher ({dst.layers} >= {src.layers})", dst_pos)
+            if args["T"] <= 0:
+                raise self.err("T must be positive", op.pos)
+        return args
+
     def check_growth(self, op: OpRef, src_name: str, dst_name: str, src_pos: Pos, dst_pos: Pos) -> dict[str, Any]:
         """Check that op can turn src into dst; return its resolved arguments."""
+        if op.name in catalog.COMPRESS_OPS:
+            return self.check_compress(op, src_name, dst_name, src_pos, dst_pos)
         if op.name not in catalog.OPS:
             if op.name in catalog.PLANNED_OPS:
                 raise self.err(f"op {op.name} ({catalog.PLANNED_OPS[op.name]}) is not supported yet", op.pos)
@@ -639,6 +752,8 @@ class _Builder:
         where = f"{src_name} {op.written} {dst_name}"
         if src.family != dst.family:
             raise self.err(f"{where}: cannot grow a {src.family} model into a {dst.family} model", dst_pos)
+        if src.family == "albert":
+            raise self.err(f"{where}: growing albert models is not supported yet (grow the bert, then factorize/share)", op.pos)
         if src.vocab != dst.vocab:
             raise self.err(f"{where}: vocabularies differ ({src.vocab} vs {dst.vocab}); growth keeps the vocabulary", dst_pos)
         for key in ("ff", "head"):
@@ -852,6 +967,7 @@ class _Builder:
         settings = self.settings(train, family)
         final = [s for s in stages if isinstance(s, TrainStage)][-1].model
         tasks = self.finetune(family, final)
+        self._check_objective_with_chain(stages, settings)
         return Plan(
             name=self.r.name,
             file=self.r.file,
@@ -862,6 +978,25 @@ class _Builder:
             train=settings,
             finetune=tasks,
         )
+
+
+    def _check_objective_with_chain(self, stages: list, settings: TrainSettings) -> None:
+        obj = settings.objective
+        key = "span(sbo=true)" if obj.name == "span" and obj.params.get("sbo") else obj.name
+        why = catalog.OBJECTIVES_WITHOUT_GROWTH.get(key)
+        grows = [s for s in stages if isinstance(s, GrowStage) and not s.init]
+        if why and grows:
+            raise self.err(
+                f"objective {key} with growth mid-run ({grows[0].op}@{grows[0].at.text()}) is not supported yet: "
+                f"{why} would have to grow with the model; grow first (init- ops) or train one model",
+                self.objective_pos,
+            )
+        for s in stages:
+            if isinstance(s, TrainStage):
+                fam = self.models[s.model].family
+                info = catalog.OBJECTIVES[obj.name]
+                if fam not in info.families:
+                    raise self.err(f"objective {obj.name} is for {', '.join(info.families)} models, but {s.model} is {fam}", self.objective_pos)
 
 
 def _peek_steps_per_epoch(train: TrainDecl) -> int | None:

@@ -47,7 +47,7 @@ class TensorGroup:
             shape = "[" + ", ".join(str(s) for s in t.shape) + "]"
             parts.append(f"{shape} x{t.count}" if t.count != 1 else shape)
         # identical shapes read better once: "[512, 512] x72"
-        return ", ".join(dict.fromkeys(parts))
+        return ", ".join(dict.fromkeys(parts)) + self.note if self.note.startswith(" (shared") else ", ".join(dict.fromkeys(parts))
 
 
 def tensor_groups(spec: ModelSpec) -> list[TensorGroup]:
@@ -102,6 +102,27 @@ def tensor_groups(spec: ModelSpec) -> list[TensorGroup]:
             TensorGroup("norms", (Tensor("*norm*.weight", (d,), 2 * n + 1),)),
             head,
         ]
+    if spec.family == "albert":
+        e, u = spec.embedding_size, (1 if spec.share == "all" else n)
+        g = "albert_layer_groups.{g}.albert_layers.0"
+        shared = f" (shared by all {n} layers)" if spec.share == "all" and n > 1 else ""
+        return [
+            TensorGroup("embedding", (Tensor("embeddings.word_embeddings", (v, e), 1),
+                                      Tensor("embeddings.position_embeddings", (spec.max_positions, e), 1),
+                                      Tensor("embeddings.token_type_embeddings", (2, e), 1),
+                                      Tensor("embeddings.LayerNorm.{weight,bias}", (e,), 2))),
+            TensorGroup("embedding projection", (Tensor("encoder.embedding_hidden_mapping_in.weight", (d, e), 1),
+                                                 Tensor("....bias", (d,), 1))),
+            TensorGroup("attention q/k/v", (Tensor(f"{g}.attention.{{query,key,value}}.weight", (d, d), 3 * u),
+                                            Tensor("....bias", (d,), 3 * u)), note=shared),
+            TensorGroup("attention o", (Tensor(f"{g}.attention.dense.weight", (d, d), u), Tensor("....bias", (d,), u)), note=shared),
+            TensorGroup("feed-forward in", (Tensor(f"{g}.ffn.weight", (ff, d), u), Tensor("....bias", (ff,), u)), note=shared),
+            TensorGroup("feed-forward out", (Tensor(f"{g}.ffn_output.weight", (d, ff), u), Tensor("....bias", (d,), u)), note=shared),
+            TensorGroup("norms", (Tensor("*.LayerNorm.{weight,bias}", (d,), 2 * 2 * u),), note=shared),
+            TensorGroup("lm head", (Tensor("predictions.dense.weight", (e, d), 1), Tensor("predictions.dense.bias", (e,), 1),
+                                    Tensor("predictions.LayerNorm.{weight,bias}", (e,), 2), Tensor("predictions.bias", (v,), 1)),
+                        note="decoder tied"),
+        ]
     return [
         TensorGroup(
             "embedding",
@@ -149,9 +170,12 @@ def shape_changes(src: ModelSpec, dst: ModelSpec) -> list[GroupChange]:
     """Per tensor group: shapes and parameter counts before and after a growth."""
     before = {g.name: g for g in tensor_groups(src)}
     after = {g.name: g for g in tensor_groups(dst)}
+    names = list(dict.fromkeys([*before, *after]))  # a group one side lacks shows as "-" with 0
+    empty = TensorGroup("", (), note="-")
     return [
-        GroupChange(name, before[name].shape_text(), after[name].shape_text(), before[name].params, after[name].params)
-        for name in before
+        GroupChange(name, before.get(name, empty).shape_text(), after.get(name, empty).shape_text(),
+                    before.get(name, empty).params, after.get(name, empty).params)
+        for name in names
     ]
 
 

@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-Family = Literal["t5", "bert", "gpt2", "llama"]
-FAMILIES: tuple[str, ...] = ("t5", "bert", "gpt2", "llama")
+Family = Literal["t5", "bert", "albert", "gpt2", "llama"]
+FAMILIES: tuple[str, ...] = ("t5", "bert", "albert", "gpt2", "llama")
 DECODER_ONLY: tuple[str, ...] = ("gpt2", "llama")
 
 # T5's relative-position table size, as in every released T5 checkpoint.
@@ -46,6 +46,10 @@ class ModelSpec(BaseModel):
     max_positions: int = 512
     # llama only: key/value heads (grouped-query attention); None = heads.
     kv_heads: int | None = None
+    # ALBERT only: factorized embedding size E (V x E embeddings, E -> d_model projection; None:
+    # E = d_model) and cross-layer sharing (all: one set of layer weights used by every layer).
+    embedding: int | None = None
+    share: Literal["none", "all"] = "none"
 
     @model_validator(mode="after")
     def _check(self) -> "ModelSpec":
@@ -71,6 +75,10 @@ class ModelSpec(BaseModel):
                 raise ValueError("kv_heads= is a llama option")
             if self.kv_heads <= 0 or self.heads % self.kv_heads:
                 raise ValueError(f"kv_heads={self.kv_heads} must divide heads={self.heads} (grouped-query attention)")
+        if self.family != "albert" and (self.embedding is not None or self.share != "none"):
+            raise ValueError("embedding= and share= are albert options")
+        if self.embedding is not None and not 0 < self.embedding <= self.d_model:
+            raise ValueError(f"embedding must be between 1 and d_model={self.d_model}, got {self.embedding}")
         if self.d_kv is None and self.d_model % self.heads != 0:
             raise ValueError(
                 f"heads={self.heads} does not divide d_model={self.d_model}"
@@ -110,6 +118,10 @@ class ModelSpec(BaseModel):
     @property
     def total_layers(self) -> int:
         return sum(self.stacks)
+
+    @property
+    def embedding_size(self) -> int:
+        return self.embedding if self.embedding is not None else self.d_model
 
     def layers_text(self) -> str:
         return "+".join(str(n) for n in self.stacks)
@@ -159,7 +171,7 @@ class ModelSpec(BaseModel):
                 "eos_token_id": None,
                 "pad_token_id": None,
             }
-        return {
+        cfg = {
             "vocab_size": self.vocab,
             "hidden_size": self.d_model,
             "num_hidden_layers": self.layers,
@@ -168,6 +180,13 @@ class ModelSpec(BaseModel):
             "max_position_embeddings": self.max_positions,
             "type_vocab_size": 2,
         }
+        if self.family == "albert":
+            # BERT's activation and dropouts (ALBERT's own defaults are gelu_new and 0), so that a
+            # factorized/shared BERT computes what the BERT did.
+            cfg.update(embedding_size=self.embedding_size, num_hidden_groups=1 if self.share == "all" else self.layers,
+                       inner_group_num=1, hidden_act="gelu", hidden_dropout_prob=0.1,
+                       attention_probs_dropout_prob=0.1, layer_norm_eps=1e-12, pad_token_id=0)
+        return cfg
 
     @classmethod
     def from_hf_config(cls, config: dict) -> "ModelSpec":
@@ -228,17 +247,33 @@ class ModelSpec(BaseModel):
                 # Whether the head is untied is also visible in the weights (a separate lm_head.weight).
                 head="tied" if config.get("tie_word_embeddings", False) else "untied",
             )
+        if model_type == "albert":
+            layers, groups = config["num_hidden_layers"], config.get("num_hidden_groups", 1)
+            if config.get("inner_group_num", 1) != 1 or groups not in (1, layers):
+                raise ValueError("only ALBERT layouts with one layer per group, all shared or none, are supported")
+            return cls(
+                family="albert",
+                layers=layers,
+                d_model=config["hidden_size"],
+                heads=config["num_attention_heads"],
+                d_ff=config["intermediate_size"],
+                vocab=config["vocab_size"],
+                max_positions=config.get("max_position_embeddings", 512),
+                embedding=None if config.get("embedding_size", 128) == config["hidden_size"] else config.get("embedding_size", 128),
+                share="all" if groups == 1 and layers > 1 else "none",
+            )
         raise ValueError(f"unsupported architecture {model_type!r} (supported: {', '.join(FAMILIES)})")
 
     @property
     def hf_config_class(self) -> str:
-        return {"t5": "T5Config", "bert": "BertConfig", "gpt2": "GPT2Config", "llama": "LlamaConfig"}[self.family]
+        return {"t5": "T5Config", "bert": "BertConfig", "albert": "AlbertConfig", "gpt2": "GPT2Config",
+                "llama": "LlamaConfig"}[self.family]
 
     @property
     def hf_model_class(self) -> str:
         """The pretraining class a recipe's model is built as."""
-        return {"t5": "T5ForConditionalGeneration", "bert": "BertForMaskedLM", "gpt2": "GPT2LMHeadModel",
-                "llama": "LlamaForCausalLM"}[self.family]
+        return {"t5": "T5ForConditionalGeneration", "bert": "BertForMaskedLM", "albert": "AlbertForMaskedLM",
+                "gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}[self.family]
 
     # -- parameter counts (what `model.num_parameters()` reports for hf_model_class) ---------
     def param_groups(self) -> dict[str, int]:
@@ -275,6 +310,16 @@ class ModelSpec(BaseModel):
                 "norms": (2 * n + 1) * d,
                 "lm_head": v * d if self.head == "untied" else 0,
             }
+        if self.family == "albert":
+            e, u = self.embedding_size, (1 if self.share == "all" else n)
+            return {
+                "embedding": (v + self.max_positions + 2) * e + 2 * e,
+                "embedding_projection": e * d + d,
+                "self_attention": u * 4 * (d * d + d),
+                "feed_forward": u * (2 * d * ff + ff + d),
+                "norms": u * 2 * 2 * d,
+                "lm_head": d * e + e + 2 * e + v,
+            }
         return {
             "embedding": (v + self.max_positions + 2) * d + 2 * d,
             "self_attention": n * 4 * (d * d + d),
@@ -294,6 +339,8 @@ class ModelSpec(BaseModel):
             extra = f", kv_heads={self.kv_heads}" + extra
         if self.family == "llama":
             extra += f", tie={'true' if self.head == 'tied' else 'false'}"
+        if self.family == "albert":
+            extra += f", embedding={self.embedding_size}, share={self.share}"
         return (
             f"{self.family}(layers={self.layers_text()}, d_model={self.d_model}, "
             f"heads={self.heads}, d_ff={self.d_ff}{extra}, vocab={self.vocab})"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertForMaskedLM, T5Config, T5ForConditionalGeneration
+from transformers import AlbertConfig, AlbertForMaskedLM, BertConfig, BertForMaskedLM, T5Config, T5ForConditionalGeneration
 from typer.testing import CliRunner
 
 from surgery.cli import app
@@ -21,7 +21,8 @@ TABLE2 = [
     "T", "S", "S_a_B", "T_d_S_a_B", "T_da_B", "B", "S_init-a_B_28000steps",
     "T_init-d_S_a_B", "S_init-f_B", "S_init-a_B", "T_init-da_B",
 ]
-CLASSES = {"t5": (T5Config, T5ForConditionalGeneration), "bert": (BertConfig, BertForMaskedLM)}
+CLASSES = {"t5": (T5Config, T5ForConditionalGeneration), "bert": (BertConfig, BertForMaskedLM),
+           "albert": (AlbertConfig, AlbertForMaskedLM)}
 
 
 def test_all_table2_rows_exist_at_both_scales():

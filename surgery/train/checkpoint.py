@@ -48,7 +48,7 @@ def _unflatten(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tenso
     return out
 
 
-def save_checkpoint(root: Path, step: int, model, optimizer, trainer_state: dict, keep: int = 1) -> Path:
+def save_checkpoint(root: Path, step: int, model, optimizer, trainer_state: dict, keep: int = 1, aux=None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"ckpt-{step:08d}"
     tmp = root / f".ckpt-{step:08d}.tmp{os.getpid()}"
@@ -58,6 +58,11 @@ def save_checkpoint(root: Path, step: int, model, optimizer, trainer_state: dict
     opt = _flatten(optimizer_state_by_name(model, optimizer))
     if opt:
         save_file(opt, tmp / "optimizer.safetensors")
+    if aux is not None:  # an objective's extra modules (heads, generator) and their AdamW state
+        save_file({k: v.detach().contiguous().cpu() for k, v in aux.state_dict().items()}, tmp / "aux.safetensors")
+        aux_opt = _flatten(optimizer_state_by_name(aux, optimizer))
+        if aux_opt:
+            save_file(aux_opt, tmp / "aux_optimizer.safetensors")
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
@@ -88,6 +93,12 @@ def read_checkpoint(path: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]
     opt_file = path / "optimizer.safetensors"
     opt = _unflatten(load_file(opt_file)) if opt_file.exists() else {}
     return state, opt, load_file(path / "rng.safetensors")
+
+
+def read_aux(path: Path) -> tuple[dict[str, torch.Tensor] | None, dict[str, dict[str, torch.Tensor]]]:
+    """(aux module weights, aux AdamW state by name) of a checkpoint; (None, {}) when it has none."""
+    w, o = path / "aux.safetensors", path / "aux_optimizer.safetensors"
+    return (load_file(w) if w.exists() else None), (_unflatten(load_file(o)) if o.exists() else {})
 
 
 def restore_rng(rng: dict[str, torch.Tensor]) -> None:

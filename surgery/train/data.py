@@ -48,6 +48,22 @@ def to_blocks(stream: np.ndarray, block_len: int) -> np.ndarray:
     return stream[: n * block_len].reshape(n, block_len)
 
 
+def to_doc_blocks(stream: np.ndarray, block_len: int, sep: int, pad: int, min_len: int | None = None) -> np.ndarray:
+    """Doc-sentences packing: each document (the tokens between separators) cut into blocks of
+    `block_len`; a document's last piece is padded with `pad`, or dropped when shorter than
+    `min_len` (default block_len // 4, at least 2). No block crosses a document boundary."""
+    min_len = max(2, block_len // 4) if min_len is None else min_len
+    ends = np.flatnonzero(stream == sep)
+    starts = np.concatenate([[0], ends[:-1] + 1]) if len(ends) else np.zeros(0, dtype=int)
+    rows = []
+    for s, e in zip(starts, ends):
+        for i in range(s, e, block_len):
+            piece = stream[i : min(e, i + block_len)]
+            if len(piece) >= min_len:
+                rows.append(np.pad(piece, (0, block_len - len(piece)), constant_values=pad))
+    return np.stack(rows).astype(stream.dtype) if rows else np.zeros((0, block_len), dtype=stream.dtype)
+
+
 @dataclass
 class BatchOrder:
     """Which blocks make up micro-batch `micro` of optimizer step `step`."""
@@ -82,5 +98,6 @@ def validation_batches(blocks: np.ndarray, objective, batch_size: int, seed: int
     n = min(len(blocks), batch_size * max_batches)
     out = []
     for j, i in enumerate(range(0, n, batch_size)):
-        out.append(objective(blocks[i : i + batch_size], np.random.default_rng([seed, 104729, j])))
+        out.append(objective(blocks[i : i + batch_size], np.random.default_rng([seed, 104729, j]),
+                             block_ids=np.arange(i, min(n, i + batch_size)), epoch=0))
     return out

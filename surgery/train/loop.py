@@ -18,8 +18,8 @@ import torch
 
 from surgery.errors import SurgeryError
 from surgery.train import checkpoint as ckpt
-from surgery.train.data import BatchOrder, step_rng, to_blocks, tokenize_documents, validation_batches
-from surgery.train.objectives import make_objective
+from surgery.train.data import BatchOrder, step_rng, to_blocks, to_doc_blocks, tokenize_documents, validation_batches
+from surgery.train.objectives import default_loss, make_objective
 from surgery.train.schedule import LrCurve, RunSettings, Segment
 from surgery.train.corpus import load_documents, resolve_corpus
 from surgery.train.tokenizer import get_tokenizer
@@ -44,9 +44,10 @@ class MetricsLog:
         self.rows.append(row)
 
 
-def make_optimizer(model, s: RunSettings):
+def make_optimizer(model, s: RunSettings, aux=None):
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    named = list(model.named_parameters()) + (list(aux.named_parameters()) if aux is not None else [])
+    for name, p in named:
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
@@ -86,14 +87,19 @@ class Trainer:
         if len(self.tokenizer) > self.vocab:
             raise SurgeryError(f"tokenizer has {len(self.tokenizer)} tokens, more than the model's vocab={self.vocab}")
         try:
-            self.objective = make_objective(s.objective, s.objective_params, self.tokenizer, s.seq_len)
+            self.objective = make_objective(s.objective, s.objective_params, self.tokenizer, s.seq_len, seed=s.seed)
         except (TypeError, ValueError) as err:
             raise SurgeryError(f"objective {s.objective}: {err}") from None
         key = f"{corpus.fingerprint()}:{self.tokenizer.name_or_path}"
         train = tokenize_documents(train_docs, self.tokenizer, key + ":train", progress=progress)
         valid = tokenize_documents(valid_docs, self.tokenizer, key + ":valid", progress=progress)
-        self.train_blocks = to_blocks(train, self.objective.raw_len)
-        self.valid_blocks = to_blocks(valid, self.objective.raw_len)
+        if s.packing == "doc-sentences":
+            sep = self.tokenizer.sep_token_id
+            self.train_blocks = to_doc_blocks(train, self.objective.raw_len, sep, self.tokenizer.pad_token_id)
+            self.valid_blocks = to_doc_blocks(valid, self.objective.raw_len, sep, self.tokenizer.pad_token_id)
+        else:
+            self.train_blocks = to_blocks(train, self.objective.raw_len)
+            self.valid_blocks = to_blocks(valid, self.objective.raw_len)
         if len(self.train_blocks) == 0 or len(self.valid_blocks) == 0:
             raise SurgeryError(f"corpus {corpus.name!r} is too small for seq_len={s.seq_len}")
         self.order = BatchOrder(len(self.train_blocks), s.batch_size, s.grad_accum, s.seed)
@@ -106,32 +112,84 @@ class Trainer:
         from surgery.ops import grow_model
 
         if seg.init_from is None:
-            return build_model(seg.spec, seed=self.s.seed)
+            return self.as_objective_class(build_model(seg.spec, seed=self.s.seed))
         from surgery.io import load_checkpoint
 
         declared = seg.init_spec or seg.spec
+        if seg.init_chain:
+            declared = seg.init_chain[0][1]
         source = load_checkpoint(seg.init_from)
         if source.spec.model_copy(update={"head": declared.head}) != declared:
             raise SurgeryError(f"pretrained checkpoint {seg.init_from} is {source.spec.describe()}, "
                                f"but the recipe declares {declared.describe()}")
         model = source.model()
-        if seg.grow is not None:
-            seed = self.s.seed if seg.grow.seed is None else seg.grow.seed
-            model = grow_model(model, seg.init_spec, seg.spec, seg.grow.op, seed=seed, options=seg.grow.options).model
-        return model
+        chain = seg.init_chain or (((seg.grow, seg.init_spec, seg.spec),) if seg.grow is not None else ())
+        for growth, src_spec, dst_spec in chain:
+            model = self.transform(model, src_spec, dst_spec, growth, self.s.seed if growth.seed is None else growth.seed)
+        return self.as_objective_class(model)
+
+    def transform(self, model, src_spec, dst_spec, growth, seed):
+        """One op of the chain in memory: a growth (surgery.ops) or a compression (surgery.compress).
+        A distil op keeps the model it starts from as the teacher of the stage that follows."""
+        from surgery.compress import COMPRESS_OPS, DistilLoss, compress_model
+        from surgery.ops import grow_model
+
+        if growth.op not in COMPRESS_OPS:
+            return grow_model(model, src_spec, dst_spec, growth.op, seed=seed, options=growth.options).model
+        if growth.op == "distil":
+            o = growth.options
+            self.distil = DistilLoss(model.to(self.acc.device), T=o.get("T", 2.0), soft=o.get("soft", 5.0),
+                                     hard=o.get("hard", 2.0), cos=o.get("cos", 1.0))
+        return compress_model(model.cpu(), src_spec, dst_spec, growth.op, growth.options)
+
+    def restore_teacher(self, index: int) -> None:
+        """On resume inside a distillation stage: the teacher again (the previous stage's saved
+        model, or the pretrained checkpoint put through the init- ops before distil)."""
+        from surgery.compress import DistilLoss, load_model
+
+        seg = self.segments[index]
+        if seg.grow is None or seg.grow.op != "distil":
+            return
+        if index > 0:
+            prev = self.segments[index - 1]
+            teacher = load_model(self.out / "stages" / f"{index - 1}-{prev.name}")
+        else:
+            from surgery.io import load_checkpoint
+
+            teacher = load_checkpoint(seg.init_from).model()
+            for growth, src_spec, dst_spec in seg.init_chain[:-1]:
+                teacher = self.transform(teacher, src_spec, dst_spec, growth, self.s.seed if growth.seed is None else growth.seed)
+        o = seg.grow.options
+        self.distil = DistilLoss(teacher.to(self.acc.device), T=o.get("T", 2.0), soft=o.get("soft", 5.0),
+                                 hard=o.get("hard", 2.0), cos=o.get("cos", 1.0))
+
+    def as_objective_class(self, model):
+        """The model as the class its objective trains (sop: *ForPreTraining, with its head)."""
+        from surgery.train.bert_objectives import as_model_kind
+
+        return as_model_kind(model, getattr(self.objective, "model_kind", "mlm"))
+
+    def loss(self, model, batch, train: bool = True):
+        if self.distil is not None:
+            return self.distil(model, batch, train=train)
+        fn = getattr(self.objective, "loss", None)
+        return fn(model, self.aux, batch) if fn else default_loss(model, None, batch)
 
     @torch.no_grad()
     def validate(self, model) -> float:
         model.eval()
+        if self.aux is not None:
+            self.aux.eval()
         total, n = 0.0, 0
         for batch in self.val:
             batch = {k: v.to(self.acc.device) for k, v in batch.items()}
             with self.acc.autocast():
-                out = model(**batch)
-            count = int((batch["labels"] != -100).sum())
-            total += float(out.loss) * count
+                loss, count = self.loss(model, batch, train=False)
+            total += float(loss) * count
             n += count
         model.train()
+        if self.aux is not None:
+            self.aux.train()
         return total / max(1, n)
 
     def stage_dir(self, seg: Segment, index: int) -> Path:
@@ -145,6 +203,12 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         self.acc.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
         self.tokenizer.save_pretrained(tmp)
+        if self.aux is not None:  # heads the objective trained beside the model (not part of it)
+            from safetensors.torch import save_file
+
+            (tmp / "objective").mkdir()
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.aux.state_dict().items()},
+                      tmp / "objective" / f"{self.s.objective}_heads.safetensors")
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
         return folder
@@ -174,6 +238,8 @@ class Trainer:
                 raise SurgeryError(f"with {spe} steps per epoch a stage would train for no steps: {bounds}")
             state = {"segment": 0, "step": 0, "tokens": 0, "wall_s": 0.0, "metrics_lines": 0, "stopped": False}
             model, opt_state, resumed = None, None, False
+            self.aux, aux_weights, aux_opt = None, None, {}
+            self.distil = None
             latest = ckpt.latest_checkpoint(ckpt_root) if self.resume else None
             if self.resume and latest is None and ckpt_root.exists():
                 raise SurgeryError(f"--resume: no complete checkpoint in {ckpt_root}")
@@ -181,7 +247,11 @@ class Trainer:
                 state, opt_state, rng = ckpt.read_checkpoint(latest)
                 from surgery.io import load_checkpoint
 
-                model = load_checkpoint(latest / "model").model()
+                from surgery.compress import load_model
+
+                model = load_model(latest / "model")
+                aux_weights, aux_opt = ckpt.read_aux(latest)
+                self.restore_teacher(state["segment"])
                 resumed = True
             elif ckpt_root.exists():
                 shutil.rmtree(ckpt_root)
@@ -219,20 +289,34 @@ class Trainer:
                     prev = segments[index - 1]
                     raw = self.acc.unwrap_model(model)
                     seed = self.s.seed + index if seg.grow.seed is None else seg.grow.seed
-                    grown_result = grow_model(raw.cpu(), prev.spec, seg.spec, seg.grow.op, seed=seed,
-                                              options=seg.grow.options)
-                    keep = opt_state and self.s.optimizer_on_grow == "grow"
-                    opt_state = grown_result.grow_optimizer_state(opt_state) if keep else None
-                    model = grown_result.model
+                    from surgery.compress import COMPRESS_OPS
+
+                    self.distil = None  # a distillation ends with its stage
+                    if seg.grow.op in COMPRESS_OPS:  # new parameters: a fresh AdamW
+                        model, opt_state = self.transform(raw, prev.spec, seg.spec, seg.grow, seed), None
+                    else:
+                        grown_result = grow_model(raw.cpu(), prev.spec, seg.spec, seg.grow.op, seed=seed,
+                                                  options=seg.grow.options)
+                        keep = opt_state and self.s.optimizer_on_grow == "grow"
+                        opt_state = grown_result.grow_optimizer_state(opt_state) if keep else None
+                        model = grown_result.model
                     grown = True
                     log({"event": "grow", "stage": index, "model": seg.name, "op": seg.grow.op, "step": step,
                          "tokens": state["tokens"], "from": prev.name})
                 resumed = False
                 model = model.to(self.acc.device)
                 model.train()
-                optimizer = make_optimizer(model, self.s)
+                if self.aux is None:
+                    self.aux = self.objective.build_aux(model) if hasattr(self.objective, "build_aux") else None
+                    if self.aux is not None and aux_weights is not None:
+                        self.aux.load_state_dict(aux_weights)
+                if self.aux is not None:
+                    self.aux.to(self.acc.device).train()
+                optimizer = make_optimizer(model, self.s, self.aux)
                 if opt_state:
                     ckpt.load_optimizer_state(model, optimizer, opt_state)
+                if self.aux is not None and aux_opt:
+                    ckpt.load_optimizer_state(self.aux, optimizer, aux_opt)
                 if latest is not None:
                     ckpt.restore_rng(rng)
                     latest = None
@@ -250,17 +334,19 @@ class Trainer:
                     loss_sum = 0.0
                     for micro in range(self.s.grad_accum):
                         idx = self.order.indices(step, micro)
-                        batch = self.objective(self.train_blocks[idx], step_rng(self.s.seed, step, micro))
+                        batch = self.objective(self.train_blocks[idx], step_rng(self.s.seed, step, micro),
+                                               block_ids=idx, epoch=step // spe)
                         # Several processes (accelerate launch) each take their rows of the one
                         # global batch, so the data seen per step does not depend on the count.
                         n, rank = self.acc.num_processes, self.acc.process_index
                         batch = {k: v[rank::n].to(self.acc.device) for k, v in batch.items()}
                         with self.acc.autocast():
-                            loss = model(**batch).loss / self.s.grad_accum
+                            loss = self.loss(model, batch)[0] / self.s.grad_accum
                         self.acc.backward(loss)
                         loss_sum += float(loss.detach())
                     if self.s.max_grad_norm:
-                        self.acc.clip_grad_norm_(model.parameters(), self.s.max_grad_norm)
+                        params = list(model.parameters()) + (list(self.aux.parameters()) if self.aux is not None else [])
+                        self.acc.clip_grad_norm_(params, self.s.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     step += 1
@@ -285,7 +371,8 @@ class Trainer:
                         state.update(segment=index, step=step, wall_s=time.perf_counter() - t0,
                                      metrics_lines=metrics.count)
                         if main:
-                            ckpt.save_checkpoint(ckpt_root, step, self.acc.unwrap_model(model), optimizer, state)
+                            ckpt.save_checkpoint(ckpt_root, step, self.acc.unwrap_model(model), optimizer, state,
+                                                 aux=self.aux)
                         self.acc.wait_for_everyone()
                     if self.stop_after_step is not None and step >= self.stop_after_step:
                         return {"stopped_early": True, "step": step}

@@ -71,7 +71,7 @@ class SpanCorruption:
             pos += hide
         return mask
 
-    def __call__(self, blocks: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    def __call__(self, blocks: np.ndarray, rng: np.random.Generator, block_ids=None, epoch=0) -> dict[str, torch.Tensor]:
         inputs, targets = [], []
         for row in blocks:
             mask = self._mask(rng)
@@ -146,7 +146,7 @@ class CausalLM:
         self.raw_len = self.seq_len
         self.pad = self.tokenizer.pad_token_id
 
-    def __call__(self, blocks: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    def __call__(self, blocks: np.ndarray, rng: np.random.Generator, block_ids=None, epoch=0) -> dict[str, torch.Tensor]:
         input_ids = torch.from_numpy(np.asarray(blocks, dtype=np.int64))
         keep = input_ids != self.pad if self.pad is not None else torch.ones_like(input_ids, dtype=torch.bool)
         return {"input_ids": input_ids, "attention_mask": keep.long(), "labels": torch.where(keep, input_ids, IGNORE)}
@@ -159,9 +159,30 @@ def _pad(rows: list[list[int]], length: int, value: int) -> torch.Tensor:
     return out
 
 
-OBJECTIVES = {"span_corruption": SpanCorruption, "mlm": MaskedLM, "clm": CausalLM}
+def _bert_objectives():
+    from surgery.train.bert_objectives import MaskedLMPlus, ReplacedTokenDetection, SentenceOrder, SpanMasking
+
+    return {"mlm": MaskedLMPlus, "span": SpanMasking, "electra": ReplacedTokenDetection, "sop": SentenceOrder}
 
 
-def make_objective(name: str, params: dict, tokenizer, seq_len: int):
-    cls = OBJECTIVES[name]
-    return cls(tokenizer=tokenizer, seq_len=seq_len, **params)
+# Recipe argument names that are not Python identifiers (or read better in the recipe).
+_RENAMES = {"lambda": "lam"}
+
+
+def make_objective(name: str, params: dict, tokenizer, seq_len: int, seed: int = 0):
+    """The objective `name` with the recipe's params. `mlm` is MaskedLMPlus (the same masks as
+    MaskedLM for dynamic masking, plus static masking); every objective takes the run's seed."""
+    if name in ("span_corruption", "clm"):
+        return {"span_corruption": SpanCorruption, "clm": CausalLM}[name](tokenizer=tokenizer, seq_len=seq_len, **params)
+    cls = _bert_objectives()[name]
+    params = {_RENAMES.get(k, k): v for k, v in params.items()}
+    return cls(tokenizer=tokenizer, seq_len=seq_len, seed=seed, **params)
+
+
+def default_loss(model, aux, batch):
+    """(mean loss, tokens it is averaged over) for objectives whose model computes the loss."""
+    out = model(**batch)
+    return out.loss, int((batch["labels"] != IGNORE).sum())
+
+
+OBJECTIVES = {"span_corruption": SpanCorruption, "mlm": MaskedLM}

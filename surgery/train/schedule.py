@@ -51,6 +51,9 @@ class Segment:
     grow: Growth | None = None
     init_from: str | None = None
     init_spec: ModelSpec | None = None
+    # Consecutive init- ops before training (B init-factorize F init-share A): (growth, from, to)
+    # in order; set when there is more than one, or any is a compression op.
+    init_chain: tuple = ()
 
     def steps(self, steps_per_epoch: int) -> tuple[int, int]:
         return to_steps(self.start, steps_per_epoch), to_steps(self.end, steps_per_epoch)
@@ -88,6 +91,7 @@ class RunSettings:
     until_strict: bool = False  # `until val_loss < X` rather than <=
     max_grad_norm: float = 1.0
     val_fraction: float = 0.005
+    packing: str = "full-sentences"  # or "doc-sentences": blocks never cross a document
 
 
 @dataclass(frozen=True)
@@ -128,11 +132,18 @@ def compile_plan(plan) -> tuple[list[Segment], RunSettings]:
     """The plan's stages as segments, and its training settings as RunSettings."""
     segments: list[Segment] = []
     pending: tuple[Growth, str | None, ModelSpec | None] | None = None
+    chain: list = []
     budget = (plan.train.budget.value, plan.train.budget.unit)
     for stage in plan.stages:
         if stage.kind == "grow":
+            growth = Growth.from_plan(stage.op, dict(stage.args))
+            if stage.init:
+                chain.append((growth, plan.models[stage.from_model], plan.models[stage.to_model]))
+            if stage.init and pending is not None:  # a later init- op: the source stays the first one's
+                pending = (growth, pending[1], pending[2])
+                continue
             source = plan.checkpoints.get(stage.from_model) if stage.init else None
-            pending = (Growth.from_plan(stage.op, dict(stage.args)), source, plan.models[stage.from_model] if stage.init else None)
+            pending = (growth, source, plan.models[stage.from_model] if stage.init else None)
             continue
         end = (stage.end.value, stage.end.unit) if stage.end is not None else budget
         seg = Segment(stage.model, plan.models[stage.model], (stage.start.value, stage.start.unit), end,
@@ -140,7 +151,9 @@ def compile_plan(plan) -> tuple[list[Segment], RunSettings]:
         if pending is not None:
             growth, source, src_spec = pending
             seg = replace(seg, grow=growth, init_from=source or seg.init_from, init_spec=src_spec)
-            pending = None
+            if len(chain) > 1 or any(g.op in ("factorize", "share", "distil") for g, _, _ in chain):
+                seg = replace(seg, init_chain=tuple(chain))
+            pending, chain = None, []
         segments.append(seg)
     t = plan.train
     opt = t.optimizer
@@ -155,5 +168,6 @@ def compile_plan(plan) -> tuple[list[Segment], RunSettings]:
         precision=t.precision, val_every=t.val_every, seed=t.seed,
         until_val_loss=t.until.value if t.until else None, until_strict=bool(t.until and t.until.op == "<"),
         max_grad_norm=opt.max_grad_norm, val_fraction=t.val_fraction,
+        packing=t.packing or ("doc-sentences" if t.objective.name == "sop" else "full-sentences"),
     )
     return segments, settings

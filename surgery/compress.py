@@ -1,0 +1,223 @@
+"""Compression ops of the chain: ALBERT factorized embeddings (`factorize`), ALBERT cross-layer
+sharing (`share`) and DistilBERT-style distillation (`distil`), on transformers models in memory.
+
+- factorize: BertForMaskedLM -> AlbertForMaskedLM(embedding_size=E). The word embedding W (V x H)
+  becomes (W B)(B^T) with B (H x E) the top-E right singular vectors of W, the best rank-E
+  approximation of W (Eckart-Young); position and type embeddings are projected on the same basis,
+  the E -> H projection is B. ALBERT normalises the embedding sum in E space (BERT in H space), so
+  the LayerNorm gains become the diagonal of B^T diag(gamma) B scaled by sqrt(H/E) (vector norms
+  in E vs H dimensions); the MLM head's dense/LayerNorm are projected the same way. At E = H the
+  basis is the identity (B = I), every tensor is copied and the ALBERT model computes exactly the
+  BERT's function; below full rank the change is measured and reported.
+- share: AlbertForMaskedLM with num_hidden_groups = 1. The shared layer starts as the mean of the
+  trained layers (init=mean, the default), layer 0 (first) or the middle layer; see
+  docs/bert-variants.md for the measurement behind the default.
+- distil: a shallower BertForMaskedLM whose layers are copied from the teacher's (every other layer
+  by default, DistilBERT), embeddings and MLM head copied; trained by `DistilLoss`.
+
+Every result is a plain transformers model: save_pretrained / from_pretrained work on it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from surgery.errors import SurgeryError
+from surgery.spec import ModelSpec
+
+COMPRESS_OPS = ("factorize", "share", "distil")
+
+_BERT_TO_ALBERT_LAYER = {
+    "attention.self.query": "attention.query",
+    "attention.self.key": "attention.key",
+    "attention.self.value": "attention.value",
+    "attention.output.dense": "attention.dense",
+    "attention.output.LayerNorm": "attention.LayerNorm",
+    "intermediate.dense": "ffn",
+    "output.dense": "ffn_output",
+    "output.LayerNorm": "full_layer_layer_norm",
+}
+
+
+def _albert(spec: ModelSpec, like_config=None):
+    from transformers import AlbertConfig, AlbertForMaskedLM
+
+    cfg = spec.hf_config()
+    if like_config is not None:  # keep the source's dropouts and eps
+        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "layer_norm_eps", "hidden_act",
+                    "pad_token_id", "type_vocab_size"):
+            if hasattr(like_config, key):
+                cfg[key] = getattr(like_config, key)
+    return AlbertForMaskedLM(AlbertConfig(**cfg))
+
+
+def factorize_basis(word: torch.Tensor, rank: int) -> torch.Tensor:
+    """B (H x rank), orthonormal columns: identity at full rank, else the top right singular
+    vectors of the word embedding (so word @ B @ B.T is its best rank-`rank` approximation)."""
+    h = word.shape[1]
+    if rank == h:
+        return torch.eye(h, dtype=torch.float64)
+    _, _, vt = torch.linalg.svd(word.double(), full_matrices=False)
+    return vt[:rank].T.contiguous()
+
+
+@torch.no_grad()
+def factorize(bert, dst: ModelSpec):
+    """BertForMaskedLM -> AlbertForMaskedLM with embedding_size dst.embedding_size, unshared."""
+    if type(bert).__name__ != "BertForMaskedLM":
+        raise SurgeryError(f"factorize reads a BertForMaskedLM, got {type(bert).__name__}")
+    if dst.share != "none":
+        raise SurgeryError("factorize keeps the layers unshared; share is its own op")
+    sd = {k: v.double() for k, v in bert.state_dict().items()}
+    h, e = dst.d_model, dst.embedding_size
+    word = sd["bert.embeddings.word_embeddings.weight"]
+    basis = factorize_basis(word, e)
+    scale = math.sqrt(h / e)
+
+    def rot_gain(g):  # diag(B^T diag(g) B) * sqrt(H/E)
+        return (basis.pow(2).T @ g) * scale
+
+    new = _albert(dst, bert.config)
+    out = {
+        "albert.embeddings.word_embeddings.weight": word @ basis,
+        "albert.embeddings.position_embeddings.weight": sd["bert.embeddings.position_embeddings.weight"] @ basis,
+        "albert.embeddings.token_type_embeddings.weight": sd["bert.embeddings.token_type_embeddings.weight"] @ basis,
+        "albert.embeddings.LayerNorm.weight": rot_gain(sd["bert.embeddings.LayerNorm.weight"]) if e < h else sd["bert.embeddings.LayerNorm.weight"],
+        "albert.embeddings.LayerNorm.bias": basis.T @ sd["bert.embeddings.LayerNorm.bias"],
+        "albert.encoder.embedding_hidden_mapping_in.weight": basis,
+        "albert.encoder.embedding_hidden_mapping_in.bias": torch.zeros(h, dtype=torch.float64),
+        "predictions.dense.weight": basis.T @ sd["cls.predictions.transform.dense.weight"],
+        "predictions.dense.bias": basis.T @ sd["cls.predictions.transform.dense.bias"],
+        "predictions.LayerNorm.weight": rot_gain(sd["cls.predictions.transform.LayerNorm.weight"]) if e < h else sd["cls.predictions.transform.LayerNorm.weight"],
+        "predictions.LayerNorm.bias": basis.T @ sd["cls.predictions.transform.LayerNorm.bias"],
+        "predictions.bias": sd["cls.predictions.bias"],
+        "predictions.decoder.bias": sd["cls.predictions.bias"],
+    }
+    for i in range(dst.layers):
+        for b_name, a_name in _BERT_TO_ALBERT_LAYER.items():
+            for kind in ("weight", "bias"):
+                out[f"albert.encoder.albert_layer_groups.{i}.albert_layers.0.{a_name}.{kind}"] = sd[f"bert.encoder.layer.{i}.{b_name}.{kind}"]
+    _load_exact(new, out)
+    return new.train(bert.training)
+
+
+def _load_exact(model, tensors: dict) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in tensors and k != "predictions.decoder.weight"]
+    if missing:
+        raise SurgeryError(f"internal: no value for {missing[:3]}")
+    dtype = next(model.parameters()).dtype
+    model.load_state_dict({k: v.to(dtype) for k, v in tensors.items()}, strict=False)
+    model.tie_weights()
+
+
+@torch.no_grad()
+def share(model, dst: ModelSpec, init: str = "mean"):
+    """(Bert|Albert)ForMaskedLM -> AlbertForMaskedLM with one layer group shared by all layers."""
+    if type(model).__name__ == "BertForMaskedLM":
+        model = factorize(model, dst.model_copy(update={"share": "none"}))
+    if type(model).__name__ != "AlbertForMaskedLM" or model.config.num_hidden_groups != model.config.num_hidden_layers:
+        raise SurgeryError("share reads an unshared BertForMaskedLM or AlbertForMaskedLM")
+    sd = model.state_dict()
+    n = model.config.num_hidden_layers
+    pick = {"mean": list(range(n)), "first": [0], "middle": [n // 2]}[init]
+    out = {k: v for k, v in sd.items() if ".albert_layer_groups." not in k}
+    prefix = "albert.encoder.albert_layer_groups."
+    for k in sd:
+        if k.startswith(prefix + "0."):
+            rest = k[len(prefix) + 2:]
+            out[prefix + "0." + rest] = torch.stack([sd[f"{prefix}{i}.{rest}"].double() for i in pick]).mean(0)
+    new = _albert(dst, model.config)
+    _load_exact(new, out)
+    return new.train(model.training)
+
+
+def student_layers(teacher_layers: int, student_layers: int, select: str = "every-other") -> list[int]:
+    if select == "first":
+        return list(range(student_layers))
+    if select == "last":
+        return list(range(teacher_layers - student_layers, teacher_layers))
+    return [round(i * teacher_layers / student_layers) for i in range(student_layers)]
+
+
+@torch.no_grad()
+def distil_student(teacher, dst: ModelSpec, select: str = "every-other"):
+    """A shallower BertForMaskedLM from the teacher's layers (DistilBERT's initialisation)."""
+    from transformers import BertForMaskedLM
+
+    cfg = type(teacher.config).from_dict({**teacher.config.to_dict(), "num_hidden_layers": dst.layers})
+    student = BertForMaskedLM(cfg)
+    keep = student_layers(teacher.config.num_hidden_layers, dst.layers, select)
+    sd = teacher.state_dict()
+    out = {}
+    for k, v in sd.items():
+        if ".encoder.layer." in k:
+            head, rest = k.split(".encoder.layer.", 1)
+            i, tail = rest.split(".", 1)
+            if int(i) in keep:
+                out[f"{head}.encoder.layer.{keep.index(int(i))}.{tail}"] = v.clone()
+        else:
+            out[k] = v.clone()
+    missing, unexpected = student.load_state_dict(out, strict=False)
+    if unexpected or [m for m in missing if "decoder.weight" not in m and "pooler" not in m]:
+        raise SurgeryError(f"internal: distil student mismatch {missing[:3]} {unexpected[:3]}")
+    student.tie_weights()
+    return student
+
+
+def compress_model(model, src: ModelSpec, dst: ModelSpec, op: str, options: dict):
+    """Apply a compression op in memory; returns the new model (its own class)."""
+    if op == "factorize":
+        return factorize(model, dst)
+    if op == "share":
+        return share(model, dst, options.get("init", "mean"))
+    if op == "distil":
+        return distil_student(model, dst, options.get("select", "every-other"))
+    raise SurgeryError(f"unknown compression op {op}")
+
+
+class DistilLoss:
+    """DistilBERT's loss: soft * T^2 * KL(teacher_T || student_T) over the vocabulary axis on every
+    non-pad position + hard * student MLM + cos * (1 - cos(h_student, h_teacher)) on the last
+    hidden states. Validation reports the student's MLM loss alone (comparable with the teacher's)."""
+
+    def __init__(self, teacher, T: float = 2.0, soft: float = 5.0, hard: float = 2.0, cos: float = 1.0):
+        self.teacher = teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.T, self.soft, self.hard, self.cos = float(T), float(soft), float(hard), float(cos)
+
+    def __call__(self, student, batch, train: bool = True):
+        out = student(**batch, output_hidden_states=True)
+        count = int((batch["labels"] != -100).sum())
+        if not train:
+            return out.loss, count
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        with torch.no_grad():
+            t = self.teacher(**inputs, output_hidden_states=True)
+        keep = batch["attention_mask"].bool()
+        s_logits, t_logits = out.logits[keep].float(), t.logits[keep].float()
+        soft = F.kl_div(F.log_softmax(s_logits / self.T, dim=-1), F.softmax(t_logits / self.T, dim=-1),
+                        reduction="batchmean") * self.T**2
+        hs, ht = out.hidden_states[-1][keep].float(), t.hidden_states[-1][keep].float()
+        cos = (1 - F.cosine_similarity(hs, ht, dim=-1)).mean()
+        return self.soft * soft + self.hard * out.loss + self.cos * cos, count
+
+
+def load_model(path):
+    """A checkpoint folder as its transformers class (albert too, which surgery.io does not read)."""
+    import json
+    from pathlib import Path
+
+    import transformers
+
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    if cfg.get("model_type") == "albert":
+        cls = getattr(transformers, (cfg.get("architectures") or ["AlbertForMaskedLM"])[0])
+        return cls.from_pretrained(str(path))
+    from surgery.io import load_checkpoint
+
+    return load_checkpoint(path).model()

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from surgery.train.objectives import IGNORE, MaskedLM, SpanCorruption, t5_span_lengths
+from surgery.train.bert_objectives import MaskedLMPlus
+from surgery.train.objectives import IGNORE, SpanCorruption, t5_span_lengths
 from surgery.train.tokenizer import train_tokenizer
 from tests.fixtures_text import documents
 
@@ -63,7 +64,7 @@ def test_span_corruption_is_dynamic_and_reproducible(t5_tok):
 
 
 def test_mlm_masking_fractions(bert_tok):
-    obj = MaskedLM(bert_tok, seq_len=128)
+    obj = MaskedLMPlus(bert_tok, seq_len=128)
     blocks = _blocks(bert_tok, obj.raw_len, n=64)
     batch = obj(blocks, np.random.default_rng(0))
     ids, labels = batch["input_ids"].numpy(), batch["labels"].numpy()

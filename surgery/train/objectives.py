@@ -94,45 +94,6 @@ class SpanCorruption:
 
 
 @dataclass
-class MaskedLM:
-    """BERT/RoBERTa masked LM with dynamic masking: `rate` of the tokens are chosen; of those 80%
-    become [MASK], 10% a random token, 10% stay; the loss is on the chosen tokens only."""
-
-    tokenizer: object
-    seq_len: int
-    rate: float = 0.15
-    mask_fraction: float = 0.8
-    random_fraction: float = 0.1
-    family: str = "bert"
-
-    def __post_init__(self):
-        self.raw_len = self.seq_len - 2
-        self.cls, self.sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
-        self.mask_id, self.pad = self.tokenizer.mask_token_id, self.tokenizer.pad_token_id
-        self.vocab = len(self.tokenizer)
-        self.special = np.array(sorted(set(self.tokenizer.all_special_ids)))
-
-    def __call__(self, blocks: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        b = blocks.shape[0]
-        ids = np.concatenate([np.full((b, 1), self.cls), blocks, np.full((b, 1), self.sep)], axis=1)
-        candidates = ~np.isin(ids, self.special)
-        chosen = (rng.random(ids.shape) < self.rate) & candidates
-        labels = np.where(chosen, ids, IGNORE)
-        roll = rng.random(ids.shape)
-        to_mask = chosen & (roll < self.mask_fraction)
-        to_random = chosen & (roll >= self.mask_fraction) & (roll < self.mask_fraction + self.random_fraction)
-        ids = np.where(to_mask, self.mask_id, ids)
-        ids = np.where(to_random, rng.integers(0, self.vocab, ids.shape), ids)
-        input_ids = torch.from_numpy(ids.astype(np.int64))
-        return {
-            "input_ids": input_ids,
-            "attention_mask": torch.ones_like(input_ids),
-            "token_type_ids": torch.zeros_like(input_ids),
-            "labels": torch.from_numpy(labels.astype(np.int64)),
-        }
-
-
-@dataclass
 class CausalLM:
     """Causal language modelling (GPT-2, Llama): predict every next token of a packed block. The
     labels are the input ids (the model shifts them) with padding ignored; packed blocks have none,
@@ -185,4 +146,3 @@ def default_loss(model, aux, batch):
     return out.loss, int((batch["labels"] != IGNORE).sum())
 
 
-OBJECTIVES = {"span_corruption": SpanCorruption, "mlm": MaskedLM}

@@ -51,10 +51,11 @@ def run_command(recipe: Path, *, out: Path | None = None, resume: bool = False, 
     summary = trainer.run()
     if finetune and plan.finetune:
         from surgery.finetune import finetune as run_task
+        from surgery.finetune.params import from_recipe
 
         scores = {}
         for task in plan.finetune:
-            scores[task.name] = run_task(run_dir / "final", task.name, run_dir / "finetune" / task.name, **task.params)
+            scores[task.name] = run_task(run_dir / "final", task.name, run_dir / "finetune" / task.name, **from_recipe(task.params))
         summary["finetune"] = scores
     print(f"run directory: {run_dir}  (metrics.jsonl, curves.png, stages/, final/)")
     return summary

@@ -1,0 +1,137 @@
+"""The seed's two headline numbers, measured from finished runs (`python -m kb2b.headline RUNS_ROOT --out DIR`).
+
+1. Time to Base's loss: the wall time at which a run's validation loss first reaches the final
+   validation loss of Base trained from scratch (B), as a share of B's whole wall time (paper:
+   S_init-a_B 50.2%). Measured per seed against the B run of the same seed (B / S_init-a_B,
+   B-seed1 / S_init-a_B-seed1); `first` is the first validation at or below the target (what
+   `surgery report` prints), `interp` interpolates linearly between that validation and the one
+   before it. `steps` is the same share counted in optimizer steps, which CPU contention does not
+   disturb (for S_init-a_B every step is a B step, so it is the contention-free time ratio).
+   Reuse accounting as in the paper: the source model's (S's) own pretraining time is not counted;
+   loading and growing its checkpoint is (it lies inside the run's wall time).
+2. Score gain at equal time: Table 2 average of a run minus B's, for runs that train the same
+   budget as B (paper: T_init-da_B +2.62).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from surgery.report import load_run
+from surgery.train.curves import read_metrics
+
+PAIRS = [("B", "S_init-a_B"), ("B-seed1", "S_init-a_B-seed1")]
+EQUAL_TIME = ["S_init-f_B", "S_init-a_B", "T_init-da_B", "T_init-d_S_a_B"]
+PAPER = {"S_init-a_B": 50.21, "T_init-da_B gain": 2.62}
+
+
+def val_curve(run_dir: Path) -> list[tuple[float, int, float]]:
+    return [(r["wall_s"], r["step"], r["val_loss"]) for r in read_metrics(run_dir) if r.get("val_loss") is not None]
+
+
+def time_to_reach(curve, target: float) -> dict | None:
+    """First validation at or below `target`: its wall time and step, and the wall time
+    interpolated linearly from the validation before it."""
+    for i, (t, step, v) in enumerate(curve):
+        if v <= target:
+            interp = t
+            if i > 0 and curve[i - 1][2] > target:
+                t0, _, v0 = curve[i - 1]
+                interp = t0 + (t - t0) * (v0 - target) / (v0 - v)
+            return {"wall_s": t, "step": step, "wall_s_interp": interp}
+    return None
+
+
+def reach_ratio(base_dir: Path, run_dir: Path) -> dict:
+    base, run = load_run(base_dir), load_run(run_dir)
+    hit = time_to_reach(val_curve(run_dir), base.val_loss)
+    out = {"run": run.name, "base": base.name, "target_val_loss": base.val_loss, "base_wall_s": base.wall_s,
+           "base_steps": base.steps, "run_wall_s": run.wall_s, "run_final_val_loss": run.val_loss}
+    if hit is None:
+        return {**out, "reached": False}
+    return {**out, "reached": True, "first_pct": 100 * hit["wall_s"] / base.wall_s,
+            "interp_pct": 100 * hit["wall_s_interp"] / base.wall_s, "steps_pct": 100 * hit["step"] / base.steps,
+            "reach_wall_s": hit["wall_s"], "reach_step": hit["step"]}
+
+
+def spread(values: list[float]) -> dict:
+    return {"values": values, "mean": statistics.fmean(values), "min": min(values), "max": max(values),
+            "n": len(values)} if values else {"values": [], "n": 0}
+
+
+def headline(root: Path) -> dict:
+    root = Path(root)
+    have = {d.name for d in root.iterdir() if (d / "summary.json").exists()} if root.exists() else set()
+    result: dict = {"paper": PAPER, "time_to_base_loss": [], "all_runs_vs_B": [], "score_gain_vs_B": {}}
+    for b, s in PAIRS:
+        if b in have and s in have:
+            result["time_to_base_loss"].append(reach_ratio(root / b, root / s))
+    if "B" in have:
+        for name in sorted(have - {"B"}):
+            result["all_runs_vs_B"].append(reach_ratio(root / "B", root / name))
+        others = [r for r in result["all_runs_vs_B"] if r["reached"] and not r["run"].startswith(("B", "S_init-a_B"))]
+        result["best_other"] = min(others, key=lambda r: r["interp_pct"]) if others else None
+    reached = [r for r in result["time_to_base_loss"] if r["reached"]]
+    result["S_init-a_B_ratio"] = {k: spread([r[k] for r in reached]) for k in ("first_pct", "interp_pct", "steps_pct")}
+    avgs = {n: load_run(root / n).average for n in have}
+    bases = [avgs[b] for b, _ in PAIRS if avgs.get(b) is not None]
+    result["averages"] = avgs
+    result["B_average"] = spread(bases)
+    for name in EQUAL_TIME:
+        runs = [n for n in (name, f"{name}-seed1") if avgs.get(n) is not None]
+        if runs and bases:
+            gains = [avgs[n] - avgs[b] for n, (b, _) in zip(runs, PAIRS) if avgs.get(b) is not None] \
+                if name == "S_init-a_B" else [avgs[name] - sum(bases) / len(bases)] if avgs.get(name) is not None else []
+            result["score_gain_vs_B"][name] = spread(gains)
+    return result
+
+
+def to_markdown(h: dict) -> str:
+    lines = ["# Headline numbers (kb2b.headline)", "",
+             "Time to reach the Base run's final validation loss, as % of Base's wall time (paper: S_init-a_B 50.21%).",
+             "Source-model pretraining time not counted (as in the paper); checkpoint load and growth are.", "",
+             "| run | base | target loss | reached at (first val, % wall) | interpolated (% wall) | steps (% of base steps) | run's final loss |",
+             "|---|---|---|---|---|---|---|"]
+    for r in h["time_to_base_loss"] + ([h["best_other"]] if h.get("best_other") else []):
+        if r["reached"]:
+            lines.append(f"| {r['run']} | {r['base']} | {r['target_val_loss']:.4f} | {r['first_pct']:.1f} | "
+                         f"{r['interp_pct']:.1f} | {r['steps_pct']:.1f} | {r['run_final_val_loss']:.4f} |")
+        else:
+            lines.append(f"| {r['run']} | {r['base']} | {r['target_val_loss']:.4f} | not reached | - | - | {r['run_final_val_loss']:.4f} |")
+    for k, s in h["S_init-a_B_ratio"].items():
+        if s["n"]:
+            lines.append(f"\nS_init-a_B {k}: mean {s['mean']:.1f}, range {s['min']:.1f}-{s['max']:.1f} over {s['n']} seed(s)")
+    lines += ["", "All runs against B (seed 0):", "", "| run | reached at (% of B wall) | interpolated | steps % |", "|---|---|---|---|"]
+    for r in h["all_runs_vs_B"]:
+        lines.append(f"| {r['run']} | " + (f"{r['first_pct']:.1f} | {r['interp_pct']:.1f} | {r['steps_pct']:.1f} |"
+                                           if r["reached"] else "not reached | - | - |"))
+    lines += ["", "Score gain at equal time (Table 2 average minus B's; paper: T_init-da_B +2.62):", ""]
+    b = h["B_average"]
+    if b["n"]:
+        lines.append(f"B average: {', '.join(f'{v:.2f}' for v in b['values'])} (mean {b['mean']:.2f})")
+    for name, s in h["score_gain_vs_B"].items():
+        if s["n"]:
+            lines.append(f"- {name}: {', '.join(f'{v:+.2f}' for v in s['values'])}" + (f" (mean {s['mean']:+.2f})" if s["n"] > 1 else ""))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m kb2b.headline")
+    p.add_argument("root", type=Path, help="folder of run directories, e.g. runs/ko-bert2bert-mini")
+    p.add_argument("--out", type=Path, default=None, help="write headline.md and headline.json here")
+    a = p.parse_args(argv)
+    h = headline(a.root)
+    md = to_markdown(h)
+    print(md)
+    if a.out:
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / "headline.md").write_text(md)
+        (a.out / "headline.json").write_text(json.dumps(h, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

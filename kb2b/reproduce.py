@@ -185,8 +185,40 @@ def finetune(plan: Plan, job: Job, dry_run: bool = False) -> bool:
     return rc == 0
 
 
+def take_lock(lock: Path) -> bool:
+    """An exclusive lock file holding our pid; a lock whose process is gone is taken over."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            return True
+        except FileExistsError:
+            try:
+                os.kill(int(lock.read_text() or 0), 0)
+                return False  # held by a live process
+            except (ProcessLookupError, ValueError):
+                lock.unlink(missing_ok=True)
+            except PermissionError:
+                return False
+    return False
+
+
 def finetune_one_run(recipe: Path, run_dir: Path) -> None:
-    """Fine-tune RUN_DIR/final on each task of the recipe's `finetune` line not yet scored."""
+    """Fine-tune RUN_DIR/final on each task of the recipe's `finetune` line not yet scored
+    (one process at a time per run: `finetune/.lock`)."""
+    lock = run_dir / "finetune" / ".lock"
+    if not take_lock(lock):
+        print(f"{run_dir}: another process is fine-tuning it ({lock}); skipped", flush=True)
+        return
+    try:
+        _finetune_one_run(recipe, run_dir)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _finetune_one_run(recipe: Path, run_dir: Path) -> None:
     import json
 
     from surgery.finetune import finetune as run_task
@@ -217,6 +249,13 @@ def report(plan: Plan, dry_run: bool = False) -> bool:
                      plan.logs / "report.log")
     say(f"report: {'written' if rc == rc2 == 0 else 'FAILED'} (log {plan.logs / 'report.log'})")
     return rc == rc2 == 0 and not missing
+
+
+def finetune_finished(plan: Plan, dry_run: bool = False) -> bool:
+    """Fine-tune every run whose pretraining has finished (one at a time); to run beside the
+    pretraining waves (`--finetune-only`)."""
+    done = [j for j in plan.jobs() if (plan.run_dir(j) / "summary.json").exists()]
+    return all([finetune(plan, j, dry_run) for j in done])
 
 
 def reproduce(plan: Plan, dry_run: bool = False, skip_finetune: bool = False) -> bool:
@@ -254,11 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads per process (mini default 1; paper: torch's default)")
     p.add_argument("--dry-run", action="store_true", help="Only say what would run and what is skipped.")
     p.add_argument("--no-finetune", action="store_true", help="Pretraining and the report only.")
+    p.add_argument("--finetune-only", action="store_true",
+                   help="Only fine-tune the runs whose pretraining has finished, one at a time (can run beside the main command).")
     p.add_argument("--report-only", action="store_true", help="Only (re)write the report from finished runs.")
     a = p.parse_args(argv)
     mini = a.scale == "mini"
     plan = Plan(a.scale, lanes=a.lanes if a.lanes is not None else (2 if mini else 1),
                 threads=a.threads if a.threads is not None else (1 if mini else None))
+    if a.finetune_only:
+        return 0 if finetune_finished(plan, a.dry_run) else 1
     if a.report_only:
         return 0 if report(plan) else 1
     return 0 if reproduce(plan, dry_run=a.dry_run, skip_finetune=a.no_finetune) else 1

@@ -134,3 +134,13 @@ def test_time_to_reach_interpolates_between_validations():
     assert hit["wall_s"] == 20.0 and hit["step"] == 20 and hit["wall_s_interp"] == pytest.approx(15.0)
     assert time_to_reach(curve, 3.0) is None
     assert time_to_reach(curve, 9.5)["wall_s_interp"] == 0.0
+
+
+def test_the_finetune_lock_keeps_a_second_process_out(tmp_path):
+    import os
+
+    lock = tmp_path / "run" / "finetune" / ".lock"
+    assert rp.take_lock(lock) is True and lock.read_text() == str(os.getpid())
+    assert rp.take_lock(lock) is False  # held by a live process (us)
+    lock.write_text("999999999")  # a process that is gone
+    assert rp.take_lock(lock) is True

@@ -26,6 +26,15 @@ from surgery.train.curves import read_metrics
 PAIRS = [("B", "S_init-a_B"), ("B-seed1", "S_init-a_B-seed1")]
 EQUAL_TIME = ["S_init-f_B", "S_init-a_B", "T_init-da_B", "T_init-d_S_a_B"]
 PAPER = {"S_init-a_B": 50.21, "T_init-da_B gain": 2.62}
+# Table 2 of the seed: row -> (n, train epochs or steps, train time h, ratio /Base %, valid loss, average score).
+PAPER_TABLE2 = {
+    "T": (1, "5", 6.6, 28.21, 1.1845, 66.27), "S": (2, "5", 11.6, 49.57, 1.1487, 69.40),
+    "S_a_B": (3, "2-3", 18.7, 79.91, 1.1346, 69.71), "T_d_S_a_B": (4, "1-1-3", 17.2, 73.50, 1.1221, 70.63),
+    "T_da_B": (5, "2-3", 15.7, 67.09, 1.1146, 70.91), "B": (6, "5", 23.4, 100.0, 1.0994, 69.74),
+    "S_init-a_B_28000steps": (7, "28000", 11.75, 50.21, 1.0986, 70.17),
+    "T_init-d_S_a_B": (8, "2-3", 23.4, 100.0, 1.0383, 71.49), "S_init-f_B": (9, "5", 23.4, 100.0, 1.0146, 71.59),
+    "S_init-a_B": (10, "5", 23.4, 100.0, 1.0076, 71.70), "T_init-da_B": (11, "5", 23.4, 100.0, 0.9870, 72.36),
+}
 
 
 def val_curve(run_dir: Path) -> list[tuple[float, int, float]]:
@@ -118,6 +127,27 @@ def to_markdown(h: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paper_vs_ours(root: Path) -> str:
+    """Table 2's time ratio, validation loss and average beside ours, row by row (`-`: not run)."""
+    root = Path(root)
+    base = load_run(root / "B") if (root / "B" / "summary.json").exists() else None
+    lines = ["| n | Model | epochs/steps | paper ratio (/Base) | ours ratio (/Base) | paper valid loss | ours valid loss | "
+             "paper loss - Base | ours loss - Base | paper avg | ours avg | paper avg - Base | ours avg - Base |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, (n, ep, _h, ratio, loss, avg) in PAPER_TABLE2.items():
+        run = load_run(root / name) if (root / name / "summary.json").exists() else None
+        pb = PAPER_TABLE2["B"]
+        cells = [str(n), name, ep, f"{ratio:.2f}"]
+        cells.append(f"{100 * run.wall_s / base.wall_s:.2f}" if run and base else "-")
+        cells += [f"{loss:.4f}", f"{run.val_loss:.4f}" if run and run.val_loss is not None else "-"]
+        cells += [f"{loss - pb[4]:+.4f}", f"{run.val_loss - base.val_loss:+.4f}" if run and base else "-"]
+        cells += [f"{avg:.2f}", f"{run.average:.2f}" if run and run.average is not None else "-"]
+        cells += [f"{avg - pb[5]:+.2f}",
+                  f"{run.average - base.average:+.2f}" if run and base and run.average is not None and base.average is not None else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m kb2b.headline")
     p.add_argument("root", type=Path, help="folder of run directories, e.g. runs/ko-bert2bert-mini")
@@ -130,6 +160,7 @@ def main(argv=None) -> int:
         a.out.mkdir(parents=True, exist_ok=True)
         (a.out / "headline.md").write_text(md)
         (a.out / "headline.json").write_text(json.dumps(h, indent=1, default=str))
+        (a.out / "paper_vs_ours.md").write_text(paper_vs_ours(a.root))
     return 0
 
 

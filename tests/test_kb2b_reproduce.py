@@ -144,3 +144,10 @@ def test_the_finetune_lock_keeps_a_second_process_out(tmp_path):
     assert rp.take_lock(lock) is False  # held by a live process (us)
     lock.write_text("999999999")  # a process that is gone
     assert rp.take_lock(lock) is True
+
+
+def test_the_paper_table_has_every_row_the_driver_runs():
+    from kb2b.headline import PAPER_TABLE2
+
+    assert list(PAPER_TABLE2) == sorted(rp.TABLE2_ORDER, key=lambda n: PAPER_TABLE2[n][0])
+    assert [v[0] for v in PAPER_TABLE2.values()] == list(range(1, 12))

@@ -162,6 +162,7 @@ _FT_ARGS = {
     "weight_decay": ArgInfo("float", None, help="AdamW weight decay"),
     "seed": ArgInfo("int", None, help="seed"),
     "max_examples": ArgInfo("int", None, help="use at most this many training examples"),
+    "eval_examples": ArgInfo("int", None, help="evaluate on at most this many examples"),
 }
 
 

@@ -90,12 +90,16 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the plan (same as `surgery plan`)."),
     no_finetune: bool = typer.Option(False, "--no-finetune", help="Stop after pretraining."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    seed: Optional[int] = typer.Option(
+        None, "--seed", help="Override the recipe's training seed (init, data order, masks); validation batches stay the recipe's."
+    ),
 ):
     """End to end: tokenizer, data, pretraining with growth, checkpoints, fine-tuning, report."""
     with user_errors():
         from surgery.run_cli import run_command
 
-        run_command(recipe, out=out, resume=resume, dry_run=dry_run, finetune=not no_finetune, quiet=quiet)
+        run_command(recipe, out=out, resume=resume, dry_run=dry_run, finetune=not no_finetune, quiet=quiet,
+                    seed=seed)
 
 
 @app.command()

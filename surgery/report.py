@@ -62,6 +62,7 @@ def load_run(run_dir: Path) -> RunRow:
     scores = {}
     for f in sorted((run_dir / "finetune").glob("*/scores.json")):
         data = json.loads(f.read_text())
+        data = data.get("scores", data) if isinstance(data.get("scores"), dict) else data  # finetune nests them
         scores[f.parent.name] = {k: v for k, v in data.items() if isinstance(v, (int, float))}
     return RunRow(run_dir.name, summary["wall_s"], summary["steps"], summary["tokens"],
                   summary.get("final_val_loss"), curve, scores)

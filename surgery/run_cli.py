@@ -21,7 +21,7 @@ def default_run_dir(recipe: Path) -> Path:
 
 
 def run_command(recipe: Path, *, out: Path | None = None, resume: bool = False, dry_run: bool = False,
-                finetune: bool = True, quiet: bool = False) -> dict:
+                finetune: bool = True, quiet: bool = False, seed: int | None = None) -> dict:
     from surgery.plan import plan_file
     from surgery.plan_cli import plan_command
 
@@ -38,6 +38,11 @@ def run_command(recipe: Path, *, out: Path | None = None, resume: bool = False, 
     from surgery.train.schedule import compile_plan
 
     segments, settings = compile_plan(plan)
+    if seed is not None:
+        # Another training seed (init, data order, masks, growth) on the recipe's validation batches.
+        from dataclasses import replace
+
+        settings = replace(settings, seed=seed, val_seed=settings.seed if settings.val_seed is None else settings.val_seed)
     run_dir = out or default_run_dir(recipe)
     if run_dir.exists() and any(run_dir.iterdir()) and not resume and (run_dir / "summary.json").exists():
         print(f"note: {run_dir} holds an earlier run; it is replaced (use --resume to continue a stopped one)")
@@ -46,10 +51,11 @@ def run_command(recipe: Path, *, out: Path | None = None, resume: bool = False, 
     summary = trainer.run()
     if finetune and plan.finetune:
         from surgery.finetune import finetune as run_task
+        from surgery.finetune.params import from_recipe
 
         scores = {}
         for task in plan.finetune:
-            scores[task.name] = run_task(run_dir / "final", task.name, run_dir / "finetune" / task.name, **task.params)
+            scores[task.name] = run_task(run_dir / "final", task.name, run_dir / "finetune" / task.name, **from_recipe(task.params))
         summary["finetune"] = scores
     print(f"run directory: {run_dir}  (metrics.jsonl, curves.png, stages/, final/)")
     return summary

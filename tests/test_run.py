@@ -169,3 +169,34 @@ def test_resume_from_a_segment_end_or_the_last_step(tmp_path, stop_at):
     b = load_file(cut / "final" / "model.safetensors")
     assert all((a[k] == b[k]).all() for k in a)
     assert sorted(p.name for p in (cut / "stages").iterdir()) == ["0-T", "1-S", "2-B"]
+
+
+def test_seed_option_overrides_the_training_seed_but_keeps_the_validation_batches(tmp_path):
+    recipe = write_recipe(tmp_path)
+    runs = {}
+    for name, extra in (("default", []), ("seed0", ["--seed", "0"]), ("seed3", ["--seed", "3"])):
+        runs[name] = tmp_path / name
+        result = CliRunner().invoke(app, ["run", str(recipe), "--out", str(runs[name]), "--quiet", *extra])
+        assert result.exit_code == 0, result.output
+    summary = {k: json.loads((v / "summary.json").read_text()) for k, v in runs.items()}
+    assert summary["default"]["settings"]["seed"] == 0 and summary["default"]["settings"]["val_seed"] is None
+    assert summary["seed3"]["settings"]["seed"] == 3 and summary["seed3"]["settings"]["val_seed"] == 0
+    losses = {k: [r["train_loss"] for r in metrics(v) if r.get("train_loss") is not None] for k, v in runs.items()}
+    assert losses["seed0"] == losses["default"]  # --seed equal to the recipe's changes nothing
+    assert losses["seed3"] != losses["default"]
+
+    # The validation batches are the recipe's whatever --seed says.
+    from surgery.plan import plan_file
+    from surgery.train.loop import Trainer
+    from surgery.train.schedule import compile_plan
+    from dataclasses import replace
+
+    segments, settings = compile_plan(plan_file(recipe))
+    batches = []
+    for s in (settings, replace(settings, seed=3, val_seed=0)):
+        trainer = Trainer(segments, s, tmp_path / "x", run_name="x", quiet=True, corpus_base=tmp_path)
+        trainer.prepare_data()
+        batches.append(trainer.val)
+    assert len(batches[0]) == len(batches[1]) > 0
+    for a, b in zip(*batches):
+        assert all((a[k] == b[k]).all() for k in a)

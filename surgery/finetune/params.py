@@ -46,3 +46,19 @@ def parse_params(params: dict) -> FinetuneParams:
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}" for e in err.errors())
         raise SurgeryError(f"bad fine-tuning setting: {problems}") from None
+
+
+# A recipe's `finetune task(...)` argument names (surgery.catalog.TASK_ARGS) -> FinetuneParams fields.
+RECIPE_ARGS = {"seq_len": "max_length", "target_len": "max_target_length", "warmup": "warmup_ratio",
+               "max_examples": "limit", "eval_examples": "eval_limit"}
+
+
+def from_recipe(params: dict) -> dict:
+    """A recipe task's arguments as `finetune` keywords: names mapped, whole-number epochs as int.
+    `max_examples` caps the training set; the eval set is capped only by `eval_examples`."""
+    out = {RECIPE_ARGS.get(k, k): v for k, v in params.items()}
+    if isinstance(out.get("epochs"), float) and out["epochs"].is_integer():
+        out["epochs"] = int(out["epochs"])
+    if "limit" in out and "eval_limit" not in out:
+        out["eval_limit"] = 10**9  # no eval cap unless eval_examples says so
+    return out

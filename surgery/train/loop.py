@@ -82,7 +82,8 @@ class Trainer:
     def prepare_data(self, progress=None):
         s = self.s
         corpus = resolve_corpus(s.corpus, self.corpus_base)
-        train_docs, valid_docs = load_documents(corpus, seed=s.seed, val_fraction=s.val_fraction, max_docs=s.corpus_docs)
+        val_seed = s.seed if s.val_seed is None else s.val_seed
+        train_docs, valid_docs = load_documents(corpus, seed=val_seed, val_fraction=s.val_fraction, max_docs=s.corpus_docs)
         self.tokenizer = get_tokenizer(corpus, train_docs, "bert" if self.family == "albert" else self.family, self.vocab)
         if len(self.tokenizer) > self.vocab:
             raise SurgeryError(f"tokenizer has {len(self.tokenizer)} tokens, more than the model's vocab={self.vocab}")
@@ -103,7 +104,7 @@ class Trainer:
         if len(self.train_blocks) == 0 or len(self.valid_blocks) == 0:
             raise SurgeryError(f"corpus {corpus.name!r} is too small for seq_len={s.seq_len}")
         self.order = BatchOrder(len(self.train_blocks), s.batch_size, s.grad_accum, s.seed)
-        self.val = validation_batches(self.valid_blocks, self.objective, s.batch_size, s.seed, s.val_batches)
+        self.val = validation_batches(self.valid_blocks, self.objective, s.batch_size, val_seed, s.val_batches)
         self.tokens_per_step = s.batch_size * s.grad_accum * self.objective.raw_len
 
     # -- model --------------------------------------------------------------------------------

@@ -87,6 +87,9 @@ class RunSettings:
     ckpt_every: int = 0  # 0: at every validation
     log_every: int = 10
     seed: int = 0
+    # Seed of the validation batches (and of a corpus's train/validation split); None: `seed`.
+    # `surgery run --seed N` changes `seed` only, so runs with other seeds validate on the same batches.
+    val_seed: int | None = None
     until_val_loss: float | None = None
     until_strict: bool = False  # `until val_loss < X` rather than <=
     max_grad_norm: float = 1.0

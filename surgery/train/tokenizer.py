@@ -56,7 +56,9 @@ def get_tokenizer(corpus: Corpus, docs: list[str], family: str, vocab: int, max_
     """The cached tokenizer for (corpus, family, vocab), training it on first use."""
     from transformers import AutoTokenizer
 
-    key = hashlib.sha256(f"{corpus.fingerprint()}:{family}:{vocab}:{max_chars}:v1".encode()).hexdigest()[:16]
+    # The documents themselves are part of the key: `corpus(..., docs=N)` trains on fewer of them.
+    seen = f"{len(docs)}:{sum(map(len, docs))}"
+    key = hashlib.sha256(f"{corpus.fingerprint()}:{seen}:{family}:{vocab}:{max_chars}:v1".encode()).hexdigest()[:16]
     folder = cache_dir() / "tokenizers" / f"{corpus.name}-{family}-{vocab}-{key}"
     if not (folder / "tokenizer.json").exists():
         tok = train_tokenizer(_sample(docs, max_chars, seed=0), family, vocab)

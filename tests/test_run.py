@@ -144,7 +144,7 @@ def test_grown_optimizer_state_is_per_parameter(tmp_path):
     opt.step()
     growth = grow_model(model, small, big, "l", seed=0)
     new_opt = make_optimizer(growth.model, RunSettings())
-    ckpt.load_optimizer_state(growth.model, new_opt, growth.grow_optimizer_state(ckpt.optimizer_state_by_name(model, opt)))
+    ckpt.load_optimizer_state(new_opt, growth.model, growth.grow_optimizer_state(ckpt.optimizer_state_by_name(opt, model)))
     growth.model(**batch).loss.backward()
     new_opt.step()
     steps = {float(s["step"]) for s in new_opt.state.values() if "step" in s}

@@ -48,4 +48,6 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, model, state: dict[st
     """Put a grown state (by name) into an optimizer built over the grown model's parameters."""
     for name, p in model.named_parameters():
         if name in state:
-            optimizer.state[p] = {k: v.to(p.device) if k != "step" else v for k, v in state[name].items()}
+            # Own copies: AdamW updates moments and the step count in place, so entries that
+            # share storage (as grown state may) would be advanced once per parameter.
+            optimizer.state[p] = {k: (v if k == "step" else v.to(p.device)).clone() for k, v in state[name].items()}

@@ -15,23 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-
-def optimizer_state_by_name(model, optimizer) -> dict[str, dict[str, torch.Tensor]]:
-    """AdamW's per-parameter state keyed by parameter name (what growth and saving need)."""
-    out = {}
-    for name, p in model.named_parameters():
-        st = optimizer.state.get(p)
-        if st:
-            out[name] = {k: v for k, v in st.items() if torch.is_tensor(v)}
-    return out
-
-
-def load_optimizer_state(model, optimizer, state: dict[str, dict[str, torch.Tensor]]) -> None:
-    for name, p in model.named_parameters():
-        if name in state:
-            # Own copies: AdamW updates moments and the step count in place, so entries that
-            # share storage (as grown state may) would be advanced once per parameter.
-            optimizer.state[p] = {k: (v if k == "step" else v.to(p.device)).clone() for k, v in state[name].items()}
+from surgery.ops.optim import load_optimizer_state, optimizer_state_by_name  # noqa: F401 (re-exported)
 
 
 def _flatten(state: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -55,12 +39,12 @@ def save_checkpoint(root: Path, step: int, model, optimizer, trainer_state: dict
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     model.save_pretrained(tmp / "model", safe_serialization=True)
-    opt = _flatten(optimizer_state_by_name(model, optimizer))
+    opt = _flatten(optimizer_state_by_name(optimizer, model))
     if opt:
         save_file(opt, tmp / "optimizer.safetensors")
     if aux is not None:  # an objective's extra modules (heads, generator) and their AdamW state
         save_file({k: v.detach().contiguous().cpu() for k, v in aux.state_dict().items()}, tmp / "aux.safetensors")
-        aux_opt = _flatten(optimizer_state_by_name(aux, optimizer))
+        aux_opt = _flatten(optimizer_state_by_name(optimizer, aux))
         if aux_opt:
             save_file(aux_opt, tmp / "aux_optimizer.safetensors")
     rng = {"torch": torch.get_rng_state()}

@@ -315,9 +315,9 @@ class Trainer:
                     self.aux.to(self.acc.device).train()
                 optimizer = make_optimizer(model, self.s, self.aux)
                 if opt_state:
-                    ckpt.load_optimizer_state(model, optimizer, opt_state)
+                    ckpt.load_optimizer_state(optimizer, model, opt_state)
                 if self.aux is not None and aux_opt:
-                    ckpt.load_optimizer_state(self.aux, optimizer, aux_opt)
+                    ckpt.load_optimizer_state(optimizer, self.aux, aux_opt)
                 if latest is not None:
                     ckpt.restore_rng(rng)
                     latest = None
@@ -377,7 +377,7 @@ class Trainer:
                         self.acc.wait_for_everyone()
                     if self.stop_after_step is not None and step >= self.stop_after_step:
                         return {"stopped_early": True, "step": step}
-                opt_state = ckpt.optimizer_state_by_name(self.acc.unwrap_model(model), optimizer)
+                opt_state = ckpt.optimizer_state_by_name(optimizer, self.acc.unwrap_model(model))
                 last_stage = self.save_stage(model, seg, index)
             if not last_stage.exists():  # resumed from the last checkpoint, before its stage was saved
                 last_stage = self.save_stage(model, segments[state["segment"]], state["segment"])

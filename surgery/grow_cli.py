@@ -9,8 +9,11 @@ from pathlib import Path
 from surgery.errors import SurgeryError
 from surgery.spec import ModelSpec
 
-INT_KEYS = ("layers", "decoder_layers", "d_model", "heads", "kv_heads", "d_ff", "d_kv", "vocab", "max_positions")
-TEXT_KEYS = ("ff", "head", "tie")
+INT_KEYS = ("layers", "decoder_layers", "d_model", "heads", "kv_heads", "d_ff", "d_kv", "vocab", "max_positions",
+            "embedding")
+TEXT_KEYS = ("ff", "head", "tie", "share")
+# Ops that make a smaller or differently built model (surgery.compress); the rest grow.
+COMPRESSION_OPS = ("factorize", "share", "distil")
 
 
 def parse_to(text: str, base: ModelSpec) -> ModelSpec:
@@ -87,6 +90,8 @@ def dry_run_command(src: Path, *, op: str, to: str, seed: int = 0) -> None:
     from surgery.shapes import human_bytes
 
     console = Console()
+    if op.split("(")[0] in COMPRESSION_OPS:
+        return compress_command(src, op=op.split("(")[0], to=to, out=out, console=console, probe=probe)
     ckpt = load_checkpoint(src)
     dst = parse_to(to, ckpt.spec)
     cp = plan_checkpoint(src, dst, op, seed=seed)
@@ -119,6 +124,8 @@ def grow_command(src: Path, *, op: str, to: str, out: Path, seed: int = 0, probe
     hf_logging.set_verbosity_error()  # the untied-head notice is expected; we report what matters
     hf_logging.disable_progress_bar()
     console = Console()
+    if op.split("(")[0] in COMPRESSION_OPS:
+        return compress_command(src, op=op.split("(")[0], to=to, out=out, console=console, probe=probe)
     ckpt = load_checkpoint(src)
     dst = parse_to(to, ckpt.spec)
     plan = grow_checkpoint(src, dst, op, out, seed=seed)
@@ -138,4 +145,49 @@ def grow_command(src: Path, *, op: str, to: str, out: Path, seed: int = 0, probe
         console.print(f"function moved: max relative logit change {change:.2e} on a fixed random batch")
     for note in plan.notes:
         console.print(f"[yellow]note:[/] {note}")
+    console.print(f"wrote {out}")
+
+
+def compress_command(src: Path, *, op: str, to: str, out: Path, console, probe: bool = True) -> None:
+    """`--op factorize|share|distil`: ALBERT factorized embeddings, cross-layer sharing, or a
+    DistilBERT student, with the parameter change and how far the function moved."""
+    import json
+    import shutil
+
+    from surgery.compress import compress_model, load_model
+    from surgery.io import CARRIED_FILES, atomic_folder
+    from surgery.ops.probe import relative_change
+
+    if not (Path(src) / "config.json").exists():
+        raise SurgeryError(f"{src}: no such checkpoint folder (config.json missing)")
+    config = json.loads((Path(src) / "config.json").read_text())
+    try:
+        src_spec = ModelSpec.from_hf_config(config)
+    except ValueError as err:
+        raise SurgeryError(f"{src}: {err}") from None
+    target = src_spec.model_copy(update={"family": "albert"}) if op in ("factorize", "share") else src_spec
+    try:
+        dst = ModelSpec(**{**target.model_dump(), **parse_to(to, target).model_dump(exclude_unset=True)})
+    except ValueError as err:
+        raise SurgeryError(f"--to: {err}") from None
+    kept = ("d_model", "heads", "d_ff", "vocab") + (("layers",) if op != "distil" else ())
+    changed = [f"{k} {getattr(src_spec, k)} -> {getattr(dst, k)}" for k in kept if getattr(dst, k) != getattr(src_spec, k)]
+    if changed:
+        raise SurgeryError(f"--op {op} keeps {', '.join(kept)}; --to changes {', '.join(changed)}")
+    if op == "factorize" and dst.embedding is None:
+        raise SurgeryError("--op factorize needs the embedding size: --to embedding=E")
+    if op == "share" and dst.share == "none":
+        dst = dst.model_copy(update={"share": "all"})
+    model = load_model(src)
+    small = compress_model(model, src_spec, dst, op, {})
+    with atomic_folder(out) as tmp:
+        small.save_pretrained(tmp, safe_serialization=True)
+        for name in CARRIED_FILES:
+            if (Path(src) / name).exists():
+                shutil.copy2(Path(src) / name, tmp / name)
+    console.print(f"[bold]{op}[/]: {src_spec.describe()} -> {dst.describe()}")
+    console.print(f"parameters: {model.num_parameters():,} -> {small.num_parameters():,}")
+    if probe and op != "distil":  # a student is trained to follow; at birth it is not meant to
+        change = relative_change(model, small, src_spec.vocab, seed=0)
+        console.print(f"function moved: max relative logit change {change:.2e} on a fixed random batch")
     console.print(f"wrote {out}")

@@ -96,12 +96,7 @@ def dry_run_command(src: Path, *, op: str, to: str, seed: int = 0) -> None:
     dst = parse_to(to, ckpt.spec)
     cp = plan_checkpoint(src, dst, op, seed=seed)
     plan = cp.plan
-    console.print(f"[bold]{plan.op.text}[/] (dry run, weights not read): {ckpt.spec.describe()} -> {dst.describe()}")
-    console.print(f"parameters: {ckpt.spec.params:,} -> {dst.params:,}")
-    console.print(_table(plan))
-    for stack, layers in plan.layers.items():
-        if len(layers) != len(set(layers)) or layers != list(range(len(layers))):
-            console.print(f"{stack} layers from source: {layers}" + (" (repeats start as identity)" if plan.op.identity else ""))
+    _print_plan(console, plan, ckpt.spec, dst, " (dry run, weights not read)")
     console.print(f"weights ({cp.dtype}): read {human_bytes(cp.src_bytes)}, write {human_bytes(cp.out_bytes)}; "
                   f"disk needed at the output: {human_bytes(cp.out_bytes)}")
     console.print(f"memory: about {human_bytes(cp.peak_bytes)} peak resident (streaming one tensor at a time; "
@@ -109,6 +104,16 @@ def dry_run_command(src: Path, *, op: str, to: str, seed: int = 0) -> None:
     console.print(f"the probe (skip with --no-probe) loads both models: about {human_bytes(4 * (ckpt.spec.params + dst.params))} in fp32")
     for note in plan.notes:
         console.print(f"[yellow]note:[/] {note}")
+
+
+def _print_plan(console, plan, src: ModelSpec, dst: ModelSpec, suffix: str = "") -> None:
+    """What a growth does: the specs, parameter counts, per-tensor shapes, and which layers repeat."""
+    console.print(f"[bold]{plan.op.text}[/]{suffix}: {src.describe()} -> {dst.describe()}")
+    console.print(f"parameters: {src.params:,} -> {dst.params:,}")
+    console.print(_table(plan))
+    for stack, layers in plan.layers.items():
+        if len(layers) != len(set(layers)) or layers != list(range(len(layers))):
+            console.print(f"{stack} layers from source: {layers}" + (" (repeats start as identity)" if plan.op.identity else ""))
 
 
 def grow_command(src: Path, *, op: str, to: str, out: Path, seed: int = 0, probe: bool = True) -> None:
@@ -130,12 +135,7 @@ def grow_command(src: Path, *, op: str, to: str, out: Path, seed: int = 0, probe
     dst = parse_to(to, ckpt.spec)
     plan = grow_checkpoint(src, dst, op, out, seed=seed)
 
-    console.print(f"[bold]{plan.op.text}[/]: {ckpt.spec.describe()} -> {dst.describe()}")
-    console.print(f"parameters: {ckpt.spec.params:,} -> {dst.params:,}")
-    console.print(_table(plan))
-    for stack, layers in plan.layers.items():
-        if len(layers) != len(set(layers)) or layers != list(range(len(layers))):
-            console.print(f"{stack} layers from source: {layers}" + (" (repeats start as identity)" if plan.op.identity else ""))
+    _print_plan(console, plan, ckpt.spec, dst)
     eps_key = plan.family.eps_key
     if plan.config.get(eps_key) != ckpt.config.get(eps_key, plan.config.get(eps_key)):
         console.print(f"{eps_key}: {ckpt.config.get(eps_key)} -> {plan.config[eps_key]} (lossless growth keeps norm statistics)")

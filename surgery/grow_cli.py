@@ -84,14 +84,13 @@ def dry_run_command(src: Path, *, op: str, to: str, seed: int = 0) -> None:
     """Plan a growth from the safetensors headers alone and print the memory it will need."""
     from rich.console import Console
 
-    from surgery.headers import checkpoint_files, read_headers  # noqa: F401 (headers only)
     from surgery.io import load_checkpoint
     from surgery.ops import plan_checkpoint
     from surgery.shapes import human_bytes
 
-    console = Console()
     if op.split("(")[0] in COMPRESSION_OPS:
-        return compress_command(src, op=op.split("(")[0], to=to, out=out, console=console, probe=probe)
+        raise SurgeryError(f"--dry-run plans growth ops; {op} builds its model in memory: run it without --dry-run")
+    console = Console()
     ckpt = load_checkpoint(src)
     dst = parse_to(to, ckpt.spec)
     cp = plan_checkpoint(src, dst, op, seed=seed)

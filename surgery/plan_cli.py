@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from surgery.plan import GrowStage, Plan, Point, TrainStage, plan_file
+from surgery.plan import Plan, Point, TrainStage, plan_file
 from surgery.shapes import flops_per_token, human, human_bytes, shape_changes, tensor_groups, train_memory_bytes
 
 FLOPS_ASSUMPTION = (

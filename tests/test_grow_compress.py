@@ -58,3 +58,8 @@ def test_compression_mistakes_are_one_line(bert, tmp_path):
     assert result.exit_code == 2 and "keeps" in result.output and not (tmp_path / "x").exists()
     result = grow(bert, "--op", "factorize", "--to", "heads=4", "--out", tmp_path / "y")
     assert result.exit_code == 2 and "embedding=E" in result.output
+
+
+def test_compression_has_no_header_only_dry_run(bert, tmp_path):
+    result = grow(bert, "--op", "factorize", "--to", "embedding=8", "--out", tmp_path / "z", "--dry-run")
+    assert result.exit_code == 2 and "without --dry-run" in result.output and not (tmp_path / "z").exists()

@@ -66,7 +66,7 @@ def head_mappings(src: ModelSpec, dst: ModelSpec, seed: int) -> tuple[Mapping, M
         return heads, heads
     kv_map = copies_then_random(src.n_kv_heads, dst.n_kv_heads, generator(seed, "mapping", "kv_heads"))
     slot_map = copies_then_random(src.group_size, dst.group_size, generator(seed, "mapping", "group"))
-    g, g2 = src.group_size, dst.group_size
+    g = src.group_size
     src_q = (kv_map.src[:, None] * g + slot_map.src[None, :]).reshape(-1)
     return Mapping(src.heads, src_q), kv_map
 

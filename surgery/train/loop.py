@@ -110,7 +110,6 @@ class Trainer:
     # -- model --------------------------------------------------------------------------------
     def first_model(self, seg: Segment):
         from surgery.families import build_model
-        from surgery.ops import grow_model
 
         if seg.init_from is None:
             return self.as_objective_class(build_model(seg.spec, seed=self.s.seed))
@@ -132,37 +131,39 @@ class Trainer:
     def transform(self, model, src_spec, dst_spec, growth, seed):
         """One op of the chain in memory: a growth (surgery.ops) or a compression (surgery.compress).
         A distil op keeps the model it starts from as the teacher of the stage that follows."""
-        from surgery.compress import COMPRESS_OPS, DistilLoss, compress_model
+        from surgery.compress import COMPRESS_OPS, compress_model
         from surgery.ops import grow_model
 
         if growth.op not in COMPRESS_OPS:
             return grow_model(model, src_spec, dst_spec, growth.op, seed=seed, options=growth.options).model
         if growth.op == "distil":
-            o = growth.options
-            self.distil = DistilLoss(model.to(self.acc.device), T=o.get("T", 2.0), soft=o.get("soft", 5.0),
-                                     hard=o.get("hard", 2.0), cos=o.get("cos", 1.0))
+            self.distil = self._distil_loss(model, growth.options)
         return compress_model(model.cpu(), src_spec, dst_spec, growth.op, growth.options)
 
     def restore_teacher(self, index: int) -> None:
         """On resume inside a distillation stage: the teacher again (the previous stage's saved
         model, or the pretrained checkpoint put through the init- ops before distil)."""
-        from surgery.compress import DistilLoss, load_model
+        from surgery.compress import load_model
 
         seg = self.segments[index]
         if seg.grow is None or seg.grow.op != "distil":
             return
         if index > 0:
             prev = self.segments[index - 1]
-            teacher = load_model(self.out / "stages" / f"{index - 1}-{prev.name}")
+            teacher = load_model(self.stage_dir(prev, index - 1))
         else:
             from surgery.io import load_checkpoint
 
             teacher = load_checkpoint(seg.init_from).model()
             for growth, src_spec, dst_spec in seg.init_chain[:-1]:
                 teacher = self.transform(teacher, src_spec, dst_spec, growth, self.s.seed if growth.seed is None else growth.seed)
-        o = seg.grow.options
-        self.distil = DistilLoss(teacher.to(self.acc.device), T=o.get("T", 2.0), soft=o.get("soft", 5.0),
-                                 hard=o.get("hard", 2.0), cos=o.get("cos", 1.0))
+        self.distil = self._distil_loss(teacher, seg.grow.options)
+
+    def _distil_loss(self, teacher, o: dict):
+        from surgery.compress import DistilLoss
+
+        return DistilLoss(teacher.to(self.acc.device), T=o.get("T", 2.0), soft=o.get("soft", 5.0),
+                          hard=o.get("hard", 2.0), cos=o.get("cos", 1.0))
 
     def as_objective_class(self, model):
         """The model as the class its objective trains (sop: *ForPreTraining, with its head)."""
@@ -246,8 +247,6 @@ class Trainer:
                 raise SurgeryError(f"--resume: no complete checkpoint in {ckpt_root}")
             if latest is not None:
                 state, opt_state, rng = ckpt.read_checkpoint(latest)
-                from surgery.io import load_checkpoint
-
                 from surgery.compress import load_model
 
                 model = load_model(latest / "model")

@@ -1,0 +1,124 @@
+"""The BERT-variant comparison (kb2b/RESULTS-bert-variants.md): pretrain every recipe of
+recipes/bert-variants/, fine-tune each final model on KLUE-NLI, print one table.
+
+    python -m kb2b.bert_variants                  # everything not done yet, one run at a time
+    python -m kb2b.bert_variants mlm span         # only these runs
+    python -m kb2b.bert_variants --table-only     # the table from whatever has finished
+
+Resumable: a run whose summary.json exists is not pretrained again, a fine-tuning whose
+scores.json exists is not repeated. Logs go to runs/bert-variants/_logs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = ROOT / "recipes" / "bert-variants"
+
+# name -> (recipe stem, the runs whose final/ it loads); in dependency order
+RUNS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "mlm": ("mlm", ()),
+    "span": ("span", ()),
+    "electra": ("electra", ()),
+    "small-mlm": ("small-mlm", ()),
+    "distil": ("distil", ()),
+    "tinybert": ("tinybert", ()),
+    "tutor": ("tutor", ()),
+    "albert": ("albert", ("mlm",)),
+}
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def pretrain(name: str, out: Path) -> bool:
+    recipe, needs = RUNS[name]
+    run = out / name
+    if (run / "summary.json").is_file():
+        return True
+    missing = [n for n in needs if not (out / n / "final" / "config.json").is_file()]
+    if missing:
+        log(f"{name}: skipped, needs {', '.join(missing)}")
+        return False
+    cmd = ["surgery", "run", str(RECIPES / f"{recipe}.grow"), "--out", str(run), "--quiet", "--no-finetune"]
+    if (run / "checkpoints").is_dir():
+        cmd.append("--resume")
+    log(f"{name}: pretraining ({' '.join(cmd[1:])})")
+    with open(out / "_logs" / f"{name}.pretrain.log", "a") as f:
+        ok = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode == 0
+    log(f"{name}: pretraining {'done' if ok else 'FAILED'}")
+    return ok
+
+
+def finetune(name: str, out: Path, args) -> None:
+    target = out / name / "finetune"
+    if (target / "klue-nli" / "scores.json").is_file():
+        return
+    cmd = ["surgery", "finetune", str(out / name / "final"), "--task", "klue-nli", "--out", str(target),
+           "--limit", str(args.limit), "--epochs", str(args.epochs), "--lr", str(args.lr), "--device", "cpu"]
+    log(f"{name}: fine-tuning ({' '.join(cmd[1:])})")
+    with open(out / "_logs" / f"{name}.finetune.log", "a") as f:
+        ok = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode == 0
+    log(f"{name}: fine-tuning {'done' if ok else 'FAILED'}")
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def table(out: Path) -> str:
+    rows = ["| run | objective / chain | final model params | val loss (first -> last) | pretrain wall (s) | KLUE-NLI acc |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for name, (recipe, _) in RUNS.items():
+        summary = _read(out / name / "summary.json")
+        if not summary:
+            continue
+        vals = [json.loads(line)["val_loss"] for line in (out / name / "metrics.jsonl").read_text().splitlines()
+                if json.loads(line).get("val_loss") is not None]
+        cfg = _read(out / name / "final" / "config.json")
+        params = "?"
+        if cfg:
+            from surgery.compress import load_model
+
+            model = load_model(out / name / "final")
+            params = f"{sum(p.numel() for p in model.parameters()):,}"
+        scores = _read(out / name / "finetune" / "klue-nli" / "scores.json")
+        acc = f"{scores['accuracy']:.1f}" if "accuracy" in scores else ""
+        chain = next((line.strip() for line in (RECIPES / f"{recipe}.grow").read_text().splitlines()
+                      if line.strip().startswith(("objective", "grow"))), "")
+        rows.append(f"| {name} | `{chain}` | {params} | {vals[0]:.3f} -> {vals[-1]:.3f} | {summary['wall_s']:.0f} | {acc} |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="*", help=f"runs to do (default all: {', '.join(RUNS)})")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bert-variants")
+    ap.add_argument("--limit", type=int, default=8000, help="KLUE-NLI training (and eval) examples")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--table-only", action="store_true")
+    args = ap.parse_args(argv)
+    unknown = [n for n in args.runs if n not in RUNS]
+    if unknown:
+        ap.error(f"unknown runs {unknown}; choose from {', '.join(RUNS)}")
+    (args.out / "_logs").mkdir(parents=True, exist_ok=True)
+    if not args.table_only:
+        for name in args.runs or list(RUNS):
+            if pretrain(name, args.out):
+                finetune(name, args.out, args)
+    text = table(args.out)
+    (args.out / "table.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

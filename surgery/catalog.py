@@ -69,15 +69,21 @@ COMPRESS_OPS: dict[str, OpInfo] = {
                     {"what": ArgInfo("choice", "all", ("all", "attention", "ffn"), "what is shared (transformers' ALBERT shares whole layers: all)"),
                      "init": ArgInfo("choice", "mean", ("mean", "first", "middle"),
                                      "the shared weights start as the mean of the trained layers, layer 0, or the middle layer")}),
-    "distil": OpInfo(False, None, "distillation into a shallower student initialised from the teacher's layers (DistilBERT)",
+    "distil": OpInfo(False, None, "distillation into a smaller student (DistilBERT, TinyBERT or Tutor-KD); the model before the op is the frozen teacher",
                      {"style": ArgInfo("choice", "distilbert", ("distilbert", "tinybert", "tutor"),
-                                       "distilbert: soft CE at T + hard MLM + hidden cosine; tinybert: embedding/attention/hidden/prediction losses; tutor: Tutor-KD"),
-                      "T": ArgInfo("float", 2.0, help="softmax temperature of the soft targets"),
-                      "soft": ArgInfo("float", 5.0, help="weight of the soft-target loss (multiplied by T^2)"),
-                      "hard": ArgInfo("float", 2.0, help="weight of the student's own MLM loss"),
-                      "cos": ArgInfo("float", 1.0, help="weight of the hidden-state cosine loss"),
+                                       "distilbert: soft CE at T + hard MLM + hidden cosine; tinybert: embedding/attention/hidden (+prediction) losses; tutor: Tutor-KD"),
+                      "T": ArgInfo("float", None, help="softmax temperature of the soft targets (2 for distilbert, 1 for tinybert's prediction loss)"),
+                      "soft": ArgInfo("float", 5.0, help="distilbert: weight of the soft-target loss (multiplied by T^2)"),
+                      "hard": ArgInfo("float", 2.0, help="distilbert: weight of the student's own MLM loss"),
+                      "cos": ArgInfo("float", 1.0, help="distilbert: weight of the hidden-state cosine loss"),
+                      "emb": ArgInfo("float", None, help="tinybert/tutor: weight of the embedding-output MSE (1 tinybert, 0 tutor)"),
+                      "att": ArgInfo("float", 1.0, help="tinybert/tutor: weight of the attention-score MSE"),
+                      "hid": ArgInfo("float", 1.0, help="tinybert/tutor: weight of the hidden-state MSE (through a learned projection)"),
+                      "pred": ArgInfo("float", 0.0, help="tinybert: weight of the soft CE of the MLM logits (0 = general distillation)"),
+                      "logit": ArgInfo("float", 1.0, help="tutor: weight of the modified-logit loss"),
+                      "tutor": ArgInfo("float", 0.25, help="tutor: the tutor generator's width as a fraction of the teacher's"),
                       "select": ArgInfo("choice", "every-other", ("every-other", "first", "last"),
-                                        "which teacher layers the student starts from: every other (DistilBERT), the first or the last L")}),
+                                        "a student of the teacher's width starts from these teacher layers: every other (DistilBERT), the first or the last L")}),
 }
 
 # Ops the language has room for but the project does not implement yet.
@@ -213,3 +219,12 @@ MODEL_ARG_ALIASES = {
     "feed_forward_proj": "ff",
     "max_position_embeddings": "max_positions",
 }
+
+
+# Which distil arguments each style reads (the plan rejects the others).
+DISTIL_STYLE_ARGS: dict[str, tuple[str, ...]] = {
+    "distilbert": ("style", "T", "soft", "hard", "cos", "select"),
+    "tinybert": ("style", "T", "emb", "att", "hid", "pred", "select"),
+    "tutor": ("style", "emb", "att", "hid", "logit", "tutor", "select"),
+}
+DISTIL_STYLE_DEFAULTS: dict[str, dict[str, float]] = {"distilbert": {"T": 2.0}, "tinybert": {"T": 1.0, "emb": 1.0}, "tutor": {"emb": 0.0}}

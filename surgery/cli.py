@@ -151,13 +151,17 @@ def finetune(
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 5e-5 encoders, 3e-4 T5)."),
     seed: int = typer.Option(42, "--seed"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)."),
+    save_model: bool = typer.Option(False, "--save-model", help="Also save the fine-tuned model (OUT/TASK/model)."),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="TinyBERT task-specific distillation from this fine-tuned model (or a --save-model output folder): layer losses, then prediction loss."),
+    distil_epochs: Optional[int] = typer.Option(None, "--distil-epochs", help="Epochs of the layer-loss phase with --teacher (default: --epochs)."),
 ):
     """Fine-tune a checkpoint on the study's downstream tasks; scores.json per task, Table 2 average."""
     with user_errors():
         from surgery.finetune.cli import finetune_command
 
         finetune_command(
-            checkpoint, task, out, epochs=epochs, limit=limit, batch_size=batch_size, lr=lr, seed=seed, device=device
+            checkpoint, task, out, epochs=epochs, limit=limit, batch_size=batch_size, lr=lr, seed=seed, device=device,
+            save_model=save_model or None, teacher=teacher, distil_epochs=distil_epochs,
         )
 
 

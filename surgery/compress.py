@@ -12,8 +12,9 @@ sharing (`share`) and DistilBERT-style distillation (`distil`), on transformers 
 - share: AlbertForMaskedLM with num_hidden_groups = 1. The shared layer starts as the mean of the
   trained layers (init=mean, the default), layer 0 (first) or the middle layer; see
   docs/bert-variants.md for the measurement behind the default.
-- distil: a shallower BertForMaskedLM whose layers are copied from the teacher's (every other layer
-  by default, DistilBERT), embeddings and MLM head copied; trained by `DistilLoss`.
+- distil: a smaller BertForMaskedLM: at the teacher's width its layers are copied from the
+  teacher's (every other layer by default, DistilBERT), embeddings and MLM head copied; narrower
+  (TinyBERT, Tutor-KD) it starts random. The losses that train it are in surgery.distillation.
 
 Every result is a plain transformers model: save_pretrained / from_pretrained work on it.
 """
@@ -23,7 +24,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from surgery.errors import SurgeryError
 from surgery.spec import ModelSpec
@@ -145,11 +145,17 @@ def student_layers(teacher_layers: int, student_layers: int, select: str = "ever
 
 @torch.no_grad()
 def distil_student(teacher, dst: ModelSpec, select: str = "every-other"):
-    """A shallower BertForMaskedLM from the teacher's layers (DistilBERT's initialisation)."""
+    """The student BertForMaskedLM: at the teacher's width, a copy of its embeddings, MLM head and
+    `select`ed layers (DistilBERT's initialisation); narrower (TinyBERT, Tutor-KD), randomly
+    initialised with the teacher's dropouts and eps, learning through the projections."""
     from transformers import BertForMaskedLM
 
-    cfg = type(teacher.config).from_dict({**teacher.config.to_dict(), "num_hidden_layers": dst.layers})
+    sizes = {"num_hidden_layers": dst.layers, "hidden_size": dst.d_model, "num_attention_heads": dst.heads,
+             "intermediate_size": dst.d_ff}
+    cfg = type(teacher.config).from_dict({**teacher.config.to_dict(), **sizes})
     student = BertForMaskedLM(cfg)
+    if dst.d_model != teacher.config.hidden_size or dst.d_ff != teacher.config.intermediate_size:
+        return student.train(teacher.training)
     keep = student_layers(teacher.config.num_hidden_layers, dst.layers, select)
     sd = teacher.state_dict()
     out = {}
@@ -177,34 +183,6 @@ def compress_model(model, src: ModelSpec, dst: ModelSpec, op: str, options: dict
     if op == "distil":
         return distil_student(model, dst, options.get("select", "every-other"))
     raise SurgeryError(f"unknown compression op {op}")
-
-
-class DistilLoss:
-    """DistilBERT's loss: soft * T^2 * KL(teacher_T || student_T) over the vocabulary axis on every
-    non-pad position + hard * student MLM + cos * (1 - cos(h_student, h_teacher)) on the last
-    hidden states. Validation reports the student's MLM loss alone (comparable with the teacher's)."""
-
-    def __init__(self, teacher, T: float = 2.0, soft: float = 5.0, hard: float = 2.0, cos: float = 1.0):
-        self.teacher = teacher.eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        self.T, self.soft, self.hard, self.cos = float(T), float(soft), float(hard), float(cos)
-
-    def __call__(self, student, batch, train: bool = True):
-        out = student(**batch, output_hidden_states=True)
-        count = int((batch["labels"] != -100).sum())
-        if not train:
-            return out.loss, count
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-        with torch.no_grad():
-            t = self.teacher(**inputs, output_hidden_states=True)
-        keep = batch["attention_mask"].bool()
-        s_logits, t_logits = out.logits[keep].float(), t.logits[keep].float()
-        soft = F.kl_div(F.log_softmax(s_logits / self.T, dim=-1), F.softmax(t_logits / self.T, dim=-1),
-                        reduction="batchmean") * self.T**2
-        hs, ht = out.hidden_states[-1][keep].float(), t.hidden_states[-1][keep].float()
-        cos = (1 - F.cosine_similarity(hs, ht, dim=-1)).mean()
-        return self.soft * soft + self.hard * out.loss + self.cos * cos, count
 
 
 def load_model(path):

@@ -722,20 +722,51 @@ class _Builder:
             if dst.share != "all" or (src.family == "albert" and src.share == "all"):
                 raise self.err(f"{where}: share needs an unshared source and a target with share=all", dst_pos)
         if op.name == "distil":
-            if args["style"] == "tutor":
-                raise self.err("distil(style=tutor) (Tutor-KD) is not supported yet", op.pos)
-            if args["style"] == "tinybert":
-                raise self.err("distil(style=tinybert) is not supported yet; distil(style=distilbert) is", op.pos)
-            if src.family != "bert" or dst.family != "bert":
-                raise self.err(f"{where}: distil works between bert models", dst_pos)
-            for key in same:
+            args = self.check_distil(op, args, src, dst, where, dst_pos)
+        return args
+
+    def check_distil(self, op: OpRef, args: dict[str, Any], src, dst, where: str, dst_pos: Pos) -> dict[str, Any]:
+        """distil: the student's shape against the teacher's for the chosen style, and the style's
+        arguments (another style's argument is a mistake, not silently ignored)."""
+        style = args["style"]
+        info = catalog.COMPRESS_OPS["distil"]
+        given = {}
+        for arg in op.args:
+            key = arg.key or next((k for k, a in info.args.items() if isinstance(arg.value, (Name, Str)) and arg.value.value in a.choices), None)
+            given[key] = arg.pos
+        reads = catalog.DISTIL_STYLE_ARGS[style]
+        for key, pos in given.items():
+            if key not in reads:
+                owners = [s for s, keys in catalog.DISTIL_STYLE_ARGS.items() if key in keys]
+                raise self.err(f"distil(style={style}) takes no {key} (that is {' and '.join(owners)}'s); "
+                               f"it reads {', '.join(k for k in reads if k != 'style')}", pos)
+        out = {k: v for k, v in args.items() if k in reads}
+        for key, value in catalog.DISTIL_STYLE_DEFAULTS[style].items():
+            if key not in given:
+                out[key] = value
+        if out.get("T", 1.0) <= 0:
+            raise self.err("T must be positive", given.get("T", op.pos))
+        if style == "tutor" and not 0 < out["tutor"] <= 1:
+            raise self.err("tutor is the tutor's width as a fraction of the teacher's, in (0, 1]", given.get("tutor", op.pos))
+        if src.family != "bert" or dst.family != "bert":
+            raise self.err(f"{where}: distil works between bert models", dst_pos)
+        if style == "distilbert":
+            for key in ("d_model", "heads", "d_ff", "vocab", "max_positions"):
                 if getattr(src, key) != getattr(dst, key):
-                    raise self.err(f"{where}: distil(style=distilbert) keeps the width ({key} {getattr(src, key)} -> {getattr(dst, key)}): the student starts from the teacher's layers and the cosine loss compares hidden states", dst_pos)
+                    raise self.err(f"{where}: distil(style=distilbert) keeps the width ({key} {getattr(src, key)} -> {getattr(dst, key)}): the student starts from the teacher's layers and the cosine loss compares hidden states; style=tinybert or tutor distil into a narrower student", dst_pos)
             if dst.layers >= src.layers:
                 raise self.err(f"{where}: the student must have fewer layers than the teacher ({dst.layers} >= {src.layers})", dst_pos)
-            if args["T"] <= 0:
-                raise self.err("T must be positive", op.pos)
-        return args
+            return out
+        for key in ("heads", "vocab", "max_positions"):
+            if getattr(src, key) != getattr(dst, key):
+                raise self.err(f"{where}: distil(style={style}) keeps {key} ({getattr(src, key)} -> {getattr(dst, key)}): "
+                               "the attention loss compares the scores head by head, the logits token by token", dst_pos)
+        for key in ("layers", "d_model", "d_ff"):
+            if getattr(dst, key) > getattr(src, key):
+                raise self.err(f"{where}: the student's {key} ({getattr(dst, key)}) exceeds the teacher's ({getattr(src, key)})", dst_pos)
+        if all(getattr(dst, k) == getattr(src, k) for k in ("layers", "d_model", "d_ff")):
+            raise self.err(f"{where}: the student is the teacher's size; make it shallower or narrower", dst_pos)
+        return out
 
     def check_growth(self, op: OpRef, src_name: str, dst_name: str, src_pos: Pos, dst_pos: Pos) -> dict[str, Any]:
         """Check that op can turn src into dst; return its resolved arguments."""

@@ -42,7 +42,7 @@ CASES = [
     ("unknown model in chain", HEAD + "grow T d@1ep X a@2ep B\n" + TRAIN, "4:14", r"unknown model X \(known: T, S, B\)"),
     ("misspelled model in chain", HEAD.replace("model B", "model Base") + "grow T d@1ep S a@2ep Bas\n" + TRAIN, "4:22", r"did you mean 'Base'"),
     ("unknown op", HEAD + "grow T d@1ep S q@2ep B\n" + TRAIN, "4:16", r"unknown op 'q'"),
-    ("planned op", HEAD + "grow T d@1ep S distil(style=tutor)@2ep B\n" + TRAIN, "4:16", r"Tutor-KD.* not supported yet"),
+    ("another style's distil argument", HEAD + "grow T d@1ep S distil(style=tutor, cos=1)@2ep B\n" + TRAIN, "4:36", r"distil\(style=tutor\) takes no cos \(that is distilbert's\)"),
     ("share on t5", HEAD + "grow T d@1ep S share@2ep B\n" + TRAIN, "4:26", r"share turns a bert .* B is t5"),
     ("unknown objective", GOOD.rstrip() + " objective span_corrupt(rate=0.1)\n", "5:39", r"unknown objective 'span_corrupt'; did you mean 'span_corruption'"),
     ("objective for another family", GOOD.rstrip() + " objective mlm\n", "5:39", r"mlm is for bert(, albert)? models, not t5; use span_corruption"),

@@ -71,7 +71,10 @@ def train(
     max_grad_norm: float = 1.0,
     progress: bool = True,
     description: str = "fine-tune",
+    loss_fn: Callable | None = None,
 ) -> TrainReport:
+    """`loss_fn(model, batch) -> (loss, count)` replaces the model's own loss (distillation); its
+    `trainable` module, if any, trains beside the model."""
     from transformers import get_scheduler
 
     start = time.perf_counter()
@@ -85,6 +88,9 @@ def train(
     )
     total = max(1, epochs * len(loader))
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    extra = getattr(loss_fn, "trainable", None)
+    if extra is not None:
+        params += [(f"distil.{n}", p) for n, p in extra.to(device).named_parameters()]
     optimizer = torch.optim.AdamW(
         [
             {"params": [p for n, p in params if not _no_decay(n)], "weight_decay": weight_decay},
@@ -100,9 +106,9 @@ def train(
             for batch in loader:
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with autocast(device, bf16):
-                    loss = model(**batch).loss
+                    loss = loss_fn(model, batch)[0] if loss_fn is not None else model(**batch).loss
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+                torch.nn.utils.clip_grad_norm_([p for _, p in params], max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)

@@ -34,6 +34,10 @@ class FinetuneParams(BaseModel):
     bf16: bool | None = Field(None, description="default: on for GPUs with bf16")
     progress: bool = True
     save_model: bool = False
+    teacher: str | Path | None = Field(None, description="TinyBERT task-specific distillation from this fine-tuned "
+                                       "checkpoint of the task (or a folder holding <task>/model)")
+    distil_epochs: int | None = Field(None, ge=0, description="intermediate-layer phase epochs (default: epochs)")
+    distil_T: float = Field(1.0, gt=0, description="temperature of the prediction-layer phase")
 
     @property
     def eval_cap(self) -> int | None:

@@ -30,6 +30,15 @@ def _load_checkpoint(checkpoint: Path):
     return config, tokenizer
 
 
+def _teacher_dir(teacher: Path, task: str) -> Path:
+    """A fine-tuned teacher: the folder itself, its model/ or its <task>/model (what --save-model writes)."""
+    for folder in (teacher, teacher / "model", teacher / task / "model"):
+        if (folder / "config.json").is_file():
+            return folder
+    raise SurgeryError(f"--teacher {teacher}: no config.json there or in {teacher / task / 'model'} "
+                       "(fine-tune the teacher with --save-model first)")
+
+
 def finetune(checkpoint: str | Path, task: str, out_dir: str | Path | None = None, **params) -> dict[str, float]:
     """Fine-tune `checkpoint` on `task` (one of TASKS), evaluate, write `out_dir/scores.json`.
 
@@ -63,21 +72,40 @@ def finetune(checkpoint: str | Path, task: str, out_dir: str | Path | None = Non
     device = pick_device(p.device)
     features = spec.encode(train_examples, tokenizer, model.config) if train_examples else []
     lr = p.lr or DEFAULT_LR.get(config.model_type, ENCODER_LR)
-    report = train(
-        model,
-        features,
-        spec.collator(tokenizer, model),
-        epochs=p.epochs if features else 0,
-        batch_size=p.batch_size,
-        lr=lr,
-        weight_decay=p.weight_decay,
-        warmup_ratio=p.warmup_ratio,
-        seed=p.seed,
-        device=device,
-        bf16=p.bf16,
-        progress=p.progress,
-        description=f"{task} train",
-    )
+
+    def phase(epochs, description, loss_fn=None):
+        return train(model, features, spec.collator(tokenizer, model), epochs=epochs if features else 0,
+                     batch_size=p.batch_size, lr=lr, weight_decay=p.weight_decay, warmup_ratio=p.warmup_ratio,
+                     seed=p.seed, device=device, bf16=p.bf16, progress=p.progress, description=description,
+                     loss_fn=loss_fn)
+
+    distillation = None
+    if p.teacher is None:
+        report = phase(p.epochs, f"{task} train")
+    else:
+        from surgery.distillation import TinyBertLoss
+
+        teacher_dir = _teacher_dir(Path(p.teacher), task)
+        teacher_config, teacher_tokenizer = _load_checkpoint(teacher_dir)
+        if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise SurgeryError(f"teacher {teacher_dir} and student {checkpoint} have different tokenizers; "
+                               "distillation feeds both the same token ids")
+        if spec.head != "classification" or {config.model_type, teacher_config.model_type} != {"bert"}:
+            raise SurgeryError("task-specific distillation (--teacher) is implemented for bert checkpoints on "
+                               f"classification tasks (klue-nli); not {task} with {config.model_type} / {teacher_config.model_type}")
+        teacher = load_head(teacher_dir, spec.head, teacher_config, **spec.head_config())
+        if teacher.config.vocab_size != config.vocab_size or teacher.config.num_attention_heads != config.num_attention_heads:
+            raise SurgeryError(f"teacher {teacher_dir} and student differ in vocabulary or heads; TinyBERT compares "
+                               "attention scores head by head and logits on the same tokens")
+        inter_epochs = p.epochs if p.distil_epochs is None else p.distil_epochs
+        first = phase(inter_epochs, f"{task} distil: layers", TinyBertLoss(teacher, model, pred=0.0))
+        report = phase(p.epochs, f"{task} distil: prediction",
+                       TinyBertLoss(teacher, model, emb=0.0, att=0.0, hid=0.0, pred=1.0, T=p.distil_T))
+        distillation = {"teacher": str(teacher_dir), "style": "tinybert",
+                        "phases": [{"losses": "embedding + attention + hidden", "epochs": inter_epochs,
+                                    "steps": first.steps, "final_loss": first.final_loss},
+                                   {"losses": f"prediction (soft CE, T={p.distil_T})", "epochs": p.epochs,
+                                    "steps": report.steps, "final_loss": report.final_loss}]}
     scores: dict[str, float] = {}
     started = time.perf_counter()
     for i, (set_name, examples) in enumerate(eval_sets.items()):
@@ -105,5 +133,7 @@ def finetune(checkpoint: str | Path, task: str, out_dir: str | Path | None = Non
         "params": {**p.model_dump(mode="json"), "lr": lr},
         "data_note": spec.data_note,
     }
+    if distillation is not None:
+        record["distillation"] = distillation
     (out / "scores.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return scores

@@ -32,6 +32,12 @@ def _unflatten(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tenso
     return out
 
 
+def module_tensors(module) -> dict[str, torch.Tensor]:
+    """A module's state as safetensors can write it: tied tensors (a generator's decoder and word
+    embeddings) become separate copies; load_state_dict ties them again."""
+    return {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
+
+
 def save_checkpoint(root: Path, step: int, model, optimizer, trainer_state: dict, keep: int = 1, aux=None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"ckpt-{step:08d}"
@@ -43,7 +49,7 @@ def save_checkpoint(root: Path, step: int, model, optimizer, trainer_state: dict
     if opt:
         save_file(opt, tmp / "optimizer.safetensors")
     if aux is not None:  # an objective's extra modules (heads, generator) and their AdamW state
-        save_file({k: v.detach().contiguous().cpu() for k, v in aux.state_dict().items()}, tmp / "aux.safetensors")
+        save_file(module_tensors(aux), tmp / "aux.safetensors")
         aux_opt = _flatten(optimizer_state_by_name(optimizer, aux))
         if aux_opt:
             save_file(aux_opt, tmp / "aux_optimizer.safetensors")

@@ -136,11 +136,12 @@ class Trainer:
 
         if growth.op not in COMPRESS_OPS:
             return grow_model(model, src_spec, dst_spec, growth.op, seed=seed, options=growth.options).model
+        new = compress_model(model.cpu(), src_spec, dst_spec, growth.op, growth.options)
         if growth.op == "distil":
-            self.distil = self._distil_loss(model, growth.options)
-        return compress_model(model.cpu(), src_spec, dst_spec, growth.op, growth.options)
+            self.distil = self._distil_loss(model, new, growth.options)
+        return new
 
-    def restore_teacher(self, index: int) -> None:
+    def restore_teacher(self, index: int, student) -> None:
         """On resume inside a distillation stage: the teacher again (the previous stage's saved
         model, or the pretrained checkpoint put through the init- ops before distil)."""
         from surgery.compress import load_model
@@ -157,13 +158,26 @@ class Trainer:
             teacher = load_checkpoint(seg.init_from).model()
             for growth, src_spec, dst_spec in seg.init_chain[:-1]:
                 teacher = self.transform(teacher, src_spec, dst_spec, growth, self.s.seed if growth.seed is None else growth.seed)
-        self.distil = self._distil_loss(teacher, seg.grow.options)
+        self.distil = self._distil_loss(teacher, student, seg.grow.options)
 
-    def _distil_loss(self, teacher, o: dict):
-        from surgery.compress import DistilLoss
+    def _distil_loss(self, teacher, student, options: dict):
+        from surgery.distillation import build
 
-        return DistilLoss(teacher.to(self.acc.device), T=o.get("T", 2.0), soft=o.get("soft", 5.0),
-                          hard=o.get("hard", 2.0), cos=o.get("cos", 1.0))
+        mask_id = getattr(self.objective, "mask_id", None)
+        return build(options.get("style", "distilbert"), teacher, student, options, mask_id).to(self.acc.device)
+
+    def stage_aux(self, model, aux_weights):
+        """The modules trained beside the model in this stage: a distillation's (projections, tutor)
+        while one runs, else the objective's heads (built once, kept across growth)."""
+        if self.distil is not None:
+            self.aux = self.distil.trainable
+        elif self.aux is None or self.aux_is_distil:
+            self.aux = self.objective.build_aux(model) if hasattr(self.objective, "build_aux") else None
+        self.aux_is_distil = self.distil is not None
+        if self.aux is not None and aux_weights is not None:
+            self.aux.load_state_dict(aux_weights)
+        if self.aux is not None:
+            self.aux.to(self.acc.device).train()
 
     def as_objective_class(self, model):
         """The model as the class its objective trains (sop: *ForPreTraining, with its head)."""
@@ -205,12 +219,12 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         self.acc.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
         self.tokenizer.save_pretrained(tmp)
-        if self.aux is not None:  # heads the objective trained beside the model (not part of it)
+        if self.aux is not None:  # modules trained beside the model (not part of it)
             from safetensors.torch import save_file
 
+            name = f"distil-{seg.grow.options.get('style', 'distilbert')}" if self.aux_is_distil else self.s.objective
             (tmp / "objective").mkdir()
-            save_file({k: v.detach().contiguous().cpu() for k, v in self.aux.state_dict().items()},
-                      tmp / "objective" / f"{self.s.objective}_heads.safetensors")
+            save_file(ckpt.module_tensors(self.aux), tmp / "objective" / f"{name}_heads.safetensors")
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
         return folder
@@ -241,7 +255,7 @@ class Trainer:
             state = {"segment": 0, "step": 0, "tokens": 0, "wall_s": 0.0, "metrics_lines": 0, "stopped": False}
             model, opt_state, resumed = None, None, False
             self.aux, aux_weights, aux_opt = None, None, {}
-            self.distil = None
+            self.distil, self.aux_is_distil = None, False
             latest = ckpt.latest_checkpoint(ckpt_root) if self.resume else None
             if self.resume and latest is None and ckpt_root.exists():
                 raise SurgeryError(f"--resume: no complete checkpoint in {ckpt_root}")
@@ -251,7 +265,7 @@ class Trainer:
 
                 model = load_model(latest / "model")
                 aux_weights, aux_opt = ckpt.read_aux(latest)
-                self.restore_teacher(state["segment"])
+                self.restore_teacher(state["segment"], model)
                 resumed = True
             elif ckpt_root.exists():
                 shutil.rmtree(ckpt_root)
@@ -306,17 +320,14 @@ class Trainer:
                 resumed = False
                 model = model.to(self.acc.device)
                 model.train()
-                if self.aux is None:
-                    self.aux = self.objective.build_aux(model) if hasattr(self.objective, "build_aux") else None
-                    if self.aux is not None and aux_weights is not None:
-                        self.aux.load_state_dict(aux_weights)
-                if self.aux is not None:
-                    self.aux.to(self.acc.device).train()
+                self.stage_aux(model, aux_weights)
+                aux_weights = None
                 optimizer = make_optimizer(model, self.s, self.aux)
                 if opt_state:
                     ckpt.load_optimizer_state(optimizer, model, opt_state)
                 if self.aux is not None and aux_opt:
                     ckpt.load_optimizer_state(optimizer, self.aux, aux_opt)
+                aux_opt = {}  # only the resumed stage continues from the checkpoint
                 if latest is not None:
                     ckpt.restore_rng(rng)
                     latest = None
@@ -362,7 +373,7 @@ class Trainer:
                             state["stopped"] = True
                             row["event"] = "until"
                     if validate_now or step % self.s.log_every == 0:
-                        log(row)
+                        log({**row, **getattr(self.distil, "last", {})})
                     rate = self.tokens_per_step * len(recent) / max(1e-9, time.perf_counter() - tick)
                     progress.update(task, completed=step, info=f"loss {np.mean(recent[-20:]):.3f}  {rate:,.0f} tok/s")
                     every = self.s.ckpt_every or self.s.val_every

@@ -195,7 +195,11 @@ def flops_per_token(spec: ModelSpec) -> int:
 
     For t5 this counts every parameter against every token of the sequence, an upper estimate:
     encoder and decoder actually see the corrupted input and the shorter target respectively.
+    ALBERT's shared weights count once per layer that uses them: sharing saves parameters, not
+    compute, so a shared ALBERT costs what the unshared one does.
     """
+    if spec.family == "albert":
+        return 6 * spec.model_copy(update={"share": "none"}).params
     return 6 * spec.params
 
 

@@ -72,6 +72,13 @@ def test_partial_sharing_counts_the_shared_blocks_once():
     assert "attention LayerNorm" in groups["norms"].shape_text()
 
 
+def test_sharing_saves_parameters_not_compute():
+    from surgery.shapes import flops_per_token, train_memory_bytes
+
+    assert {flops_per_token(albert(x)) for x in SHARES} == {6 * albert("none").params}
+    assert train_memory_bytes(albert("attention")) < train_memory_bytes(albert("none"))
+
+
 # The ALBERT paper's table (seeds/003): ALBERT-base E=128 all-shared 12M, shared-attention 64M,
 # shared-FFN 38M, not-shared 89M; BERT-base 108M. The table counts the encoder with the pooler and
 # without the MLM head, and gives millions to the unit.

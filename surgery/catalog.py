@@ -65,8 +65,9 @@ OPS: dict[str, OpInfo] = {
 COMPRESS_OPS: dict[str, OpInfo] = {
     "factorize": OpInfo(False, None, "ALBERT factorized embeddings: bert -> albert(embedding=E), best rank-E approximation of the trained embedding (SVD)",
                         {"rank": ArgInfo("int", None, help="E; must match the target's embedding= (optional)")}),
-    "share": OpInfo(False, None, "ALBERT cross-layer sharing: every layer uses one set of weights",
-                    {"what": ArgInfo("choice", "all", ("all", "attention", "ffn"), "what is shared (transformers' ALBERT shares whole layers: all)"),
+    "share": OpInfo(False, None, "ALBERT cross-layer sharing: every layer uses one set of weights (all), one attention block (attention) or one feed-forward block (ffn)",
+                    {"what": ArgInfo("choice", "all", ("all", "attention", "ffn"),
+                                     "what is shared: whole layers, the attention block (q/k/v/o + its LayerNorm) or the feed-forward block (ffn, ffn_output + its LayerNorm); left out: the target's share="),
                      "init": ArgInfo("choice", "mean", ("mean", "first", "middle"),
                                      "the shared weights start as the mean of the trained layers, layer 0, or the middle layer")}),
     "distil": OpInfo(False, None, "distillation into a smaller student (DistilBERT, TinyBERT or Tutor-KD); the model before the op is the frozen teacher",

@@ -119,7 +119,8 @@ def report(
 @app.command()
 def grow(
     src: Path = typer.Argument(..., help="Checkpoint folder: config.json + *.safetensors."),
-    op: str = typer.Option(..., "--op", help="Growth op: d, f, a, l, da, df, dl, d(identity); or a compression op: factorize, share, distil."),
+    op: str = typer.Option(..., "--op", help="Growth op: d, f, a, l, da, df, dl, d(identity); or a compression op: factorize, share "
+                         "(share(attention|ffn|all, init=mean|first|middle)), distil."),
     to: str = typer.Option(..., "--to", help="Target dimensions, e.g. layers=12+12,d_model=768,heads=12,d_ff=3072"),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (must not exist or be empty)."),
     seed: int = typer.Option(0, "--seed", help="Seed for random mappings and symmetry breaking."),

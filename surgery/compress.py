@@ -1,5 +1,5 @@
 """Compression ops of the chain: ALBERT factorized embeddings (`factorize`), ALBERT cross-layer
-sharing (`share`) and DistilBERT-style distillation (`distil`), on transformers models in memory.
+sharing (`share`) and the students of distillation (`distil`), on transformers models in memory.
 
 - factorize: BertForMaskedLM -> AlbertForMaskedLM(embedding_size=E). The word embedding W (V x H)
   becomes (W B)(B^T) with B (H x E) the top-E right singular vectors of W, the best rank-E
@@ -9,14 +9,17 @@ sharing (`share`) and DistilBERT-style distillation (`distil`), on transformers 
   in E vs H dimensions); the MLM head's dense/LayerNorm are projected the same way. At E = H the
   basis is the identity (B = I), every tensor is copied and the ALBERT model computes exactly the
   BERT's function; below full rank the change is measured and reported.
-- share: AlbertForMaskedLM with num_hidden_groups = 1. The shared layer starts as the mean of the
-  trained layers (init=mean, the default), layer 0 (first) or the middle layer; see
-  docs/bert-variants.md for the measurement behind the default.
+- share: AlbertForMaskedLM with num_hidden_groups = 1 (share=all), or the unshared layout whose
+  layers hold layer 0's attention (share=attention) or feed-forward (share=ffn) modules, tied in
+  memory by surgery.sharing.tie_shared. The shared weights start as the mean of the trained
+  layers' (init=mean, the default), layer 0's (first) or the middle layer's; the unshared parts are
+  copied. See docs/bert-variants.md for the measurement behind the default.
 - distil: a smaller BertForMaskedLM: at the teacher's width its layers are copied from the
   teacher's (every other layer by default, DistilBERT), embeddings and MLM head copied; narrower
   (TinyBERT, Tutor-KD) it starts random. The losses that train it are in surgery.distillation.
 
-Every result is a plain transformers model: save_pretrained / from_pretrained work on it.
+Every result is a plain transformers model: save_pretrained / from_pretrained work on it (a
+partially shared one loads unshared with the same function; `load_model` ties it again).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import math
 import torch
 
 from surgery.errors import SurgeryError
+from surgery.sharing import SHARED_MODULES, shared_kind, tie_shared
 from surgery.spec import ModelSpec
 
 COMPRESS_OPS = ("factorize", "share", "distil")
@@ -51,7 +55,7 @@ def _albert(spec: ModelSpec, like_config=None):
                     "pad_token_id", "type_vocab_size"):
             if hasattr(like_config, key):
                 cfg[key] = getattr(like_config, key)
-    return AlbertForMaskedLM(AlbertConfig(**cfg))
+    return tie_shared(AlbertForMaskedLM(AlbertConfig(**cfg)))
 
 
 def factorize_basis(word: torch.Tensor, rank: int) -> torch.Tensor:
@@ -116,20 +120,41 @@ def _load_exact(model, tensors: dict) -> None:
 
 @torch.no_grad()
 def share(model, dst: ModelSpec, init: str = "mean"):
-    """(Bert|Albert)ForMaskedLM -> AlbertForMaskedLM with one layer group shared by all layers."""
+    """(Bert|Albert)ForMaskedLM -> AlbertForMaskedLM with dst.share shared: "all" (one layer group
+    for every layer), "attention" or "ffn" (those modules tied across the layers; the rest copied).
+    The source is unshared (a partially shared albert may go on to share=all)."""
+    what = dst.share
+    if what == "none":
+        raise SurgeryError("share needs a target with share=all, attention or ffn")
     if type(model).__name__ == "BertForMaskedLM":
         model = factorize(model, dst.model_copy(update={"share": "none"}))
     if type(model).__name__ != "AlbertForMaskedLM" or model.config.num_hidden_groups != model.config.num_hidden_layers:
         raise SurgeryError("share reads an unshared BertForMaskedLM or AlbertForMaskedLM")
+    already = shared_kind(model.config)
+    if already is not None and what != "all":
+        raise SurgeryError(f"share({what}) reads an unshared model; this one shares {already} already")
     sd = model.state_dict()
     n = model.config.num_hidden_layers
     pick = {"mean": list(range(n)), "first": [0], "middle": [n // 2]}[init]
-    out = {k: v for k, v in sd.items() if ".albert_layer_groups." not in k}
     prefix = "albert.encoder.albert_layer_groups."
-    for k in sd:
-        if k.startswith(prefix + "0."):
-            rest = k[len(prefix) + 2:]
-            out[prefix + "0." + rest] = torch.stack([sd[f"{prefix}{i}.{rest}"].double() for i in pick]).mean(0)
+
+    def start(k):  # the shared value of layer 0's tensor k
+        rest = k[len(prefix) + 2:]
+        return torch.stack([sd[f"{prefix}{i}.{rest}"].double() for i in pick]).mean(0)
+
+    if what == "all":
+        out = {k: v for k, v in sd.items() if ".albert_layer_groups." not in k}
+        for k in sd:
+            if k.startswith(prefix + "0."):
+                out[k] = start(k)
+    else:
+        out = dict(sd)
+        modules = tuple(f"albert_layers.0.{m}." for m in SHARED_MODULES[what])
+        for k in sd:
+            if k.startswith(prefix + "0.") and k[len(prefix) + 2:].startswith(modules):
+                value = start(k)
+                for i in range(n):
+                    out[f"{prefix}{i}.{k[len(prefix) + 2:]}"] = value
     new = _albert(dst, model.config)
     _load_exact(new, out)
     return new.train(model.training)
@@ -186,7 +211,8 @@ def compress_model(model, src: ModelSpec, dst: ModelSpec, op: str, options: dict
 
 
 def load_model(path):
-    """A checkpoint folder as its transformers class (albert too, which surgery.io does not read)."""
+    """A checkpoint folder as its transformers class (albert too, which surgery.io does not read;
+    a partially shared albert (config `surgery_share`) comes back with its layers tied)."""
     import json
     from pathlib import Path
 
@@ -195,7 +221,7 @@ def load_model(path):
     cfg = json.loads((Path(path) / "config.json").read_text())
     if cfg.get("model_type") == "albert":
         cls = getattr(transformers, (cfg.get("architectures") or ["AlbertForMaskedLM"])[0])
-        return cls.from_pretrained(str(path))
+        return tie_shared(cls.from_pretrained(str(path)))
     from surgery.io import load_checkpoint
 
     return load_checkpoint(path).model()

@@ -129,7 +129,9 @@ def grow_command(src: Path, *, op: str, to: str, out: Path, seed: int = 0, probe
     hf_logging.disable_progress_bar()
     console = Console()
     if op.split("(")[0] in COMPRESSION_OPS:
-        return compress_command(src, op=op.split("(")[0], to=to, out=out, console=console, probe=probe)
+        name = op.split("(")[0]
+        options = share_options(op) if name == "share" else {}
+        return compress_command(src, op=name, to=to, out=out, console=console, probe=probe, options=options)
     ckpt = load_checkpoint(src)
     dst = parse_to(to, ckpt.spec)
     plan = grow_checkpoint(src, dst, op, out, seed=seed)
@@ -147,9 +149,34 @@ def grow_command(src: Path, *, op: str, to: str, out: Path, seed: int = 0, probe
     console.print(f"wrote {out}")
 
 
-def compress_command(src: Path, *, op: str, to: str, out: Path, console, probe: bool = True) -> None:
-    """`--op factorize|share|distil`: ALBERT factorized embeddings, cross-layer sharing, or a
-    DistilBERT student, with the parameter change and how far the function moved."""
+def share_options(op: str) -> dict:
+    """`share`, `share(attention)`, `share(ffn, init=first)`, `share(what=all)`: the share op's
+    arguments, checked against the recipe language's (surgery.catalog)."""
+    from surgery.catalog import COMPRESS_OPS
+
+    name, paren, rest = op.partition("(")
+    if not paren:
+        return {}
+    if not rest.endswith(")"):
+        raise SurgeryError(f"--op {op}: expected {name}(ARG, KEY=VALUE)")
+    info = COMPRESS_OPS[name].args
+    options: dict = {}
+    for part in filter(None, (p.strip() for p in rest[:-1].split(","))):
+        key, eq, value = (x.strip() for x in part.partition("="))
+        if not eq:  # a bare value names its argument by the choice it is: share(ffn) = share(what=ffn)
+            key, value = next((k for k, a in info.items() if part in a.choices), None), part
+        if key not in info or value not in info[key].choices:
+            choices = "; ".join(f"{k}: {', '.join(a.choices)}" for k, a in info.items())
+            raise SurgeryError(f"--op {op}: unknown argument {part!r} ({choices})")
+        options[key] = value
+    return options
+
+
+def compress_command(src: Path, *, op: str, to: str, out: Path, console, probe: bool = True,
+                     options: dict | None = None) -> None:
+    """`--op factorize|share|distil`: ALBERT factorized embeddings, cross-layer sharing (all,
+    attention or ffn: `share(attention)` or `--to share=attention`), or a DistilBERT student, with
+    the parameter change and how far the function moved."""
     import json
     import shutil
 
@@ -175,10 +202,15 @@ def compress_command(src: Path, *, op: str, to: str, out: Path, console, probe: 
         raise SurgeryError(f"--op {op} keeps {', '.join(kept)}; --to changes {', '.join(changed)}")
     if op == "factorize" and dst.embedding is None:
         raise SurgeryError("--op factorize needs the embedding size: --to embedding=E")
-    if op == "share" and dst.share == "none":
-        dst = dst.model_copy(update={"share": "all"})
+    options = dict(options or {})
+    if op == "share":
+        what = options.pop("what", None)
+        said = dst.share if dst.share != (src_spec.share if src_spec.family == "albert" else "none") else None
+        if what is not None and said is not None and said != what:
+            raise SurgeryError(f"--op share({what}) but --to share={said}")
+        dst = dst.model_copy(update={"share": what or said or "all"})
     model = load_model(src)
-    small = compress_model(model, src_spec, dst, op, {})
+    small = compress_model(model, src_spec, dst, op, options)
     with atomic_folder(out) as tmp:
         small.save_pretrained(tmp, safe_serialization=True)
         for name in CARRIED_FILES:

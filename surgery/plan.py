@@ -314,10 +314,9 @@ class _Builder:
             return text == "true"
         if key == "share":
             text = v.value if isinstance(v, (Name, Str)) else None
-            if text in ("attention", "ffn"):
-                raise self.err(f"share={text} is not supported yet: transformers' ALBERT (what from_pretrained loads) shares whole layers only; use share=all or share=none", v.pos)
-            if text not in ("none", "all"):
-                raise self.err(f"share must be none or all{_suggest(str(text), ('none', 'all')) if text else ''}", v.pos)
+            choices = ("none", "all", "attention", "ffn")
+            if text not in choices:
+                raise self.err(f"share must be one of {', '.join(choices)}{_suggest(str(text), choices) if text else ''}", v.pos)
             return text
         if key in ("ff", "head"):
             choices = {"ff": ("relu", "gated-gelu"), "head": ("tied", "tied-unscaled", "untied")}[key]
@@ -715,12 +714,18 @@ class _Builder:
                 raise self.err(f"{where}: factorize({args['rank']}) but {dst_name} has embedding={dst.embedding_size}", op.pos)
             args["rank"] = dst.embedding_size
         if op.name == "share":
-            if args["what"] != "all":
-                raise self.err(f"share({args['what']}) is not supported yet: transformers' ALBERT (what from_pretrained loads) shares whole layers only; use share(all)", op.pos)
+            # what= left out: what the target shares (share=all when it shares nothing)
+            written = any(a.key == "what" or (a.key is None and isinstance(a.value, (Name, Str))
+                                              and a.value.value in info.args["what"].choices) for a in op.args)
+            if not written and dst.share != "none":
+                args["what"] = dst.share
             if src.embedding_size != dst.embedding_size:
                 raise self.err(f"{where}: share keeps the embedding size ({src.embedding_size} -> {dst.embedding_size}); factorize first", dst_pos)
-            if dst.share != "all" or (src.family == "albert" and src.share == "all"):
-                raise self.err(f"{where}: share needs an unshared source and a target with share=all", dst_pos)
+            if dst.share != args["what"]:
+                raise self.err(f"{where}: share({args['what']}) needs a target with share={args['what']}; {dst_name} has share={dst.share}", dst_pos)
+            src_share = src.share if src.family == "albert" else "none"
+            if src_share != "none" and not (args["what"] == "all" and src_share in ("attention", "ffn")):
+                raise self.err(f"{where}: share needs an unshared source ({src_name} has share={src_share})", src_pos)
         if op.name == "distil":
             args = self.check_distil(op, args, src, dst, where, dst_pos)
         return args

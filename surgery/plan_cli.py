@@ -17,7 +17,8 @@ from surgery.shapes import flops_per_token, human, human_bytes, shape_changes, t
 
 FLOPS_ASSUMPTION = (
     "FLOPs = 6 x params x tokens, tokens = steps x batch_size x grad_accum x seq_len "
-    "(every parameter counted against every token: an upper estimate for encoder-decoders)"
+    "(every parameter counted against every token, a shared ALBERT weight once per layer using it; "
+    "an upper estimate for encoder-decoders)"
 )
 
 

@@ -103,9 +103,20 @@ def tensor_groups(spec: ModelSpec) -> list[TensorGroup]:
             head,
         ]
     if spec.family == "albert":
-        e, u = spec.embedding_size, (1 if spec.share == "all" else n)
+        e, (ua, uf) = spec.embedding_size, spec.shared_units
         g = "albert_layer_groups.{g}.albert_layers.0"
-        shared = f" (shared by all {n} layers)" if spec.share == "all" and n > 1 else ""
+        many = n > 1
+        shared = f" (shared by all {n} layers)" if many else ""
+        attn_note = shared if ua == 1 else ""
+        ffn_note = shared if uf == 1 else ""
+        if ua == uf:  # none or all: every LayerNorm alike
+            norms = (Tensor("*.LayerNorm.{weight,bias}", (d,), 2 * 2 * ua),)
+            norm_note = attn_note
+        else:  # one of the two per-layer LayerNorms is shared
+            norms = (Tensor(f"{g}.attention.LayerNorm.{{weight,bias}}", (d,), 2 * ua),
+                     Tensor(f"{g}.full_layer_layer_norm.{{weight,bias}}", (d,), 2 * uf))
+            which = "attention" if ua == 1 else "feed-forward"
+            norm_note = f" (shared by all {n} layers: the {which} LayerNorm)" if many else ""
         return [
             TensorGroup("embedding", (Tensor("embeddings.word_embeddings", (v, e), 1),
                                       Tensor("embeddings.position_embeddings", (spec.max_positions, e), 1),
@@ -113,12 +124,12 @@ def tensor_groups(spec: ModelSpec) -> list[TensorGroup]:
                                       Tensor("embeddings.LayerNorm.{weight,bias}", (e,), 2))),
             TensorGroup("embedding projection", (Tensor("encoder.embedding_hidden_mapping_in.weight", (d, e), 1),
                                                  Tensor("....bias", (d,), 1))),
-            TensorGroup("attention q/k/v", (Tensor(f"{g}.attention.{{query,key,value}}.weight", (d, d), 3 * u),
-                                            Tensor("....bias", (d,), 3 * u)), note=shared),
-            TensorGroup("attention o", (Tensor(f"{g}.attention.dense.weight", (d, d), u), Tensor("....bias", (d,), u)), note=shared),
-            TensorGroup("feed-forward in", (Tensor(f"{g}.ffn.weight", (ff, d), u), Tensor("....bias", (ff,), u)), note=shared),
-            TensorGroup("feed-forward out", (Tensor(f"{g}.ffn_output.weight", (d, ff), u), Tensor("....bias", (d,), u)), note=shared),
-            TensorGroup("norms", (Tensor("*.LayerNorm.{weight,bias}", (d,), 2 * 2 * u),), note=shared),
+            TensorGroup("attention q/k/v", (Tensor(f"{g}.attention.{{query,key,value}}.weight", (d, d), 3 * ua),
+                                            Tensor("....bias", (d,), 3 * ua)), note=attn_note),
+            TensorGroup("attention o", (Tensor(f"{g}.attention.dense.weight", (d, d), ua), Tensor("....bias", (d,), ua)), note=attn_note),
+            TensorGroup("feed-forward in", (Tensor(f"{g}.ffn.weight", (ff, d), uf), Tensor("....bias", (ff,), uf)), note=ffn_note),
+            TensorGroup("feed-forward out", (Tensor(f"{g}.ffn_output.weight", (d, ff), uf), Tensor("....bias", (d,), uf)), note=ffn_note),
+            TensorGroup("norms", norms, note=norm_note),
             TensorGroup("lm head", (Tensor("predictions.dense.weight", (e, d), 1), Tensor("predictions.dense.bias", (e,), 1),
                                     Tensor("predictions.LayerNorm.{weight,bias}", (e,), 2), Tensor("predictions.bias", (v,), 1)),
                         note="decoder tied"),
@@ -184,7 +195,11 @@ def flops_per_token(spec: ModelSpec) -> int:
 
     For t5 this counts every parameter against every token of the sequence, an upper estimate:
     encoder and decoder actually see the corrupted input and the shorter target respectively.
+    ALBERT's shared weights count once per layer that uses them: sharing saves parameters, not
+    compute, so a shared ALBERT costs what the unshared one does.
     """
+    if spec.family == "albert":
+        return 6 * spec.model_copy(update={"share": "none"}).params
     return 6 * spec.params
 
 

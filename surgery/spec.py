@@ -47,9 +47,11 @@ class ModelSpec(BaseModel):
     # llama only: key/value heads (grouped-query attention); None = heads.
     kv_heads: int | None = None
     # ALBERT only: factorized embedding size E (V x E embeddings, E -> d_model projection; None:
-    # E = d_model) and cross-layer sharing (all: one set of layer weights used by every layer).
+    # E = d_model) and cross-layer sharing (all: one set of layer weights used by every layer;
+    # attention / ffn: only the attention block / only the feed-forward block shared, see
+    # surgery/sharing.py for how such a model exists as a transformers model).
     embedding: int | None = None
-    share: Literal["none", "all"] = "none"
+    share: Literal["none", "all", "attention", "ffn"] = "none"
 
     @model_validator(mode="after")
     def _check(self) -> "ModelSpec":
@@ -120,6 +122,13 @@ class ModelSpec(BaseModel):
         return sum(self.stacks)
 
     @property
+    def shared_units(self) -> tuple[int, int]:
+        """(attention blocks, feed-forward blocks) with their own weights: the layer count, or 1
+        where the block is shared by every layer (albert's share=)."""
+        n = self.layers
+        return (1 if self.share in ("all", "attention") else n, 1 if self.share in ("all", "ffn") else n)
+
+    @property
     def embedding_size(self) -> int:
         return self.embedding if self.embedding is not None else self.d_model
 
@@ -186,6 +195,8 @@ class ModelSpec(BaseModel):
             cfg.update(embedding_size=self.embedding_size, num_hidden_groups=1 if self.share == "all" else self.layers,
                        inner_group_num=1, hidden_act="gelu", hidden_dropout_prob=0.1,
                        attention_probs_dropout_prob=0.1, layer_norm_eps=1e-12, pad_token_id=0)
+            if self.share in ("attention", "ffn"):  # tied in memory by surgery.sharing.tie_shared
+                cfg["surgery_share"] = self.share
         return cfg
 
     @classmethod
@@ -260,7 +271,8 @@ class ModelSpec(BaseModel):
                 vocab=config["vocab_size"],
                 max_positions=config.get("max_position_embeddings", 512),
                 embedding=None if config.get("embedding_size", 128) == config["hidden_size"] else config.get("embedding_size", 128),
-                share="all" if groups == 1 and layers > 1 else "none",
+                share="all" if groups == 1 and layers > 1
+                else config["surgery_share"] if config.get("surgery_share") in ("attention", "ffn") else "none",
             )
         raise ValueError(f"unsupported architecture {model_type!r} (supported: {', '.join(FAMILIES)})")
 
@@ -311,13 +323,15 @@ class ModelSpec(BaseModel):
                 "lm_head": v * d if self.head == "untied" else 0,
             }
         if self.family == "albert":
-            e, u = self.embedding_size, (1 if self.share == "all" else n)
+            # shared blocks count once (share=attention: q/k/v/o and the attention LayerNorm;
+            # share=ffn: ffn, ffn_output and full_layer_layer_norm)
+            e, (ua, uf) = self.embedding_size, self.shared_units
             return {
                 "embedding": (v + self.max_positions + 2) * e + 2 * e,
                 "embedding_projection": e * d + d,
-                "self_attention": u * 4 * (d * d + d),
-                "feed_forward": u * (2 * d * ff + ff + d),
-                "norms": u * 2 * 2 * d,
+                "self_attention": ua * 4 * (d * d + d),
+                "feed_forward": uf * (2 * d * ff + ff + d),
+                "norms": (ua + uf) * 2 * d,
                 "lm_head": d * e + e + 2 * e + v,
             }
         return {

@@ -57,7 +57,8 @@ def untie_t5_head(model, weight: torch.Tensor | None = None) -> None:
 
 
 def build_model(spec: ModelSpec, seed: int = 0, **config_overrides):
-    """A freshly initialised pretraining model of `spec` (T5ForConditionalGeneration / BertForMaskedLM)."""
+    """A freshly initialised pretraining model of `spec` (T5ForConditionalGeneration / BertForMaskedLM /
+    AlbertForMaskedLM, its shared blocks tied)."""
     import transformers
 
     config_cls = getattr(transformers, spec.hf_config_class)
@@ -67,6 +68,10 @@ def build_model(spec: ModelSpec, seed: int = 0, **config_overrides):
     model = model_cls(config)
     if spec.family == "t5" and spec.head == "untied":
         untie_t5_head(model)
+    if spec.family == "albert":  # share=attention|ffn: tie those modules across the layers
+        from surgery.sharing import tie_shared
+
+        tie_shared(model)
     return model
 
 

@@ -102,7 +102,9 @@ def load_head(checkpoint, head: str, config, **config_overrides):
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         raise SurgeryError(f"{checkpoint}: the checkpoint lacks weights the {head} model needs: {shown}")
-    return model
+    from surgery.sharing import tie_shared
+
+    return tie_shared(model)  # albert share=attention|ffn (config surgery_share): fine-tuned shared, as pretrained
 
 
 # Parameter names a fine-tuning head may add to a pretrained body (BERT's pooler is not trained by

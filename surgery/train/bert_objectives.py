@@ -450,4 +450,6 @@ def as_model_kind(model, kind: str):
     if bad or unexpected:
         raise ValueError(f"cannot turn {type(model).__name__} into {type(new).__name__}: {bad or unexpected}")
     new.tie_weights()
-    return new
+    from surgery.sharing import tie_shared
+
+    return tie_shared(new)  # albert share=attention|ffn: the shared blocks tied again

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from surgery.catalog import COMPRESS_OPS
 from surgery.spec import ModelSpec
 
 # (value, unit) with unit "ep" or "steps", as the plan's Point.
@@ -33,7 +34,9 @@ class Growth:
     @classmethod
     def from_plan(cls, op: str, args: dict) -> "Growth":
         options = {k: v for k, v in args.items() if k not in ("init", "seed")}
-        if "init" in args:  # the recipe says init=copy|identity; the ops call it the depth mode
+        if op in COMPRESS_OPS:  # share(init=mean|first|middle): surgery.compress reads init as it is
+            options.update({k: v for k, v in args.items() if k == "init"})
+        elif "init" in args:  # the recipe says init=copy|identity; the ops call it the depth mode
             options["depth"] = "identity" if args["init"] == "identity" else "stack"
         return cls(op, options, args.get("seed"))
 

@@ -153,7 +153,8 @@ OBJECTIVES["clm"] = ObjectiveInfo(
 )
 
 # Objectives that train modules besides the kept model (heads, a generator) or a different
-# model class; growth mid-run would have to grow those too, which is not supported yet.
+# model class. Growth mid-run keeps those modules as they are, so it must keep d_model (depth
+# growth); sop's pretraining class is not grown at all.
 OBJECTIVES_WITHOUT_GROWTH = {"electra": "the ELECTRA generator and RTD head", "sop": "the sentence-order head",
                             "span(sbo=true)": "the span-boundary head"}
 

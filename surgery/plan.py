@@ -1021,12 +1021,17 @@ class _Builder:
         key = "span(sbo=true)" if obj.name == "span" and obj.params.get("sbo") else obj.name
         why = catalog.OBJECTIVES_WITHOUT_GROWTH.get(key)
         grows = [s for s in stages if isinstance(s, GrowStage) and not s.init]
-        if why and grows:
-            raise self.err(
-                f"objective {key} with growth mid-run ({grows[0].op}@{grows[0].at.text()}) is not supported yet: "
-                f"{why} would have to grow with the model; grow first (init- ops) or train one model",
-                self.objective_pos,
-            )
+        for g in grows if why else ():
+            a, b = self.models[g.from_model], self.models[g.to_model]
+            where = f"objective {key} with growth mid-run ({g.op}@{g.at.text()})"
+            if key == "sop" or g.op in catalog.COMPRESS_OPS:
+                raise self.err(f"{where} is not supported yet: {why} would have to follow the model into "
+                               "its new class; grow first (init- ops) or train one model", self.objective_pos)
+            for dim in ("d_model", "max_positions"):
+                if getattr(a, dim) != getattr(b, dim):
+                    raise self.err(f"{where} is not supported yet: {why} is sized by {dim} "
+                                   f"({getattr(a, dim)} -> {getattr(b, dim)}) and would have to grow with the model; "
+                                   "grow the depth mid-run (d), or the width before training (init- ops)", self.objective_pos)
         for s in stages:
             if isinstance(s, TrainStage):
                 fam = self.models[s.model].family

@@ -350,7 +350,7 @@ class Trainer:
                         # Several processes (accelerate launch) each take their rows of the one
                         # global batch, so the data seen per step does not depend on the count.
                         n, rank = self.acc.num_processes, self.acc.process_index
-                        batch = {k: v[rank::n].to(self.acc.device) for k, v in batch.items()}
+                        batch = {k: (v[rank::n] if v.dim() else v).to(self.acc.device) for k, v in batch.items()}
                         with self.acc.autocast():
                             loss = self.loss(model, batch)[0] / self.s.grad_accum
                         self.acc.backward(loss)

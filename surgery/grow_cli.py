@@ -130,7 +130,7 @@ def grow_command(src: Path, *, op: str, to: str, out: Path, seed: int = 0, probe
     console = Console()
     if op.split("(")[0] in COMPRESSION_OPS:
         name = op.split("(")[0]
-        options = share_options(op) if name == "share" else {}
+        options = compress_options(op)
         return compress_command(src, op=name, to=to, out=out, console=console, probe=probe, options=options)
     ckpt = load_checkpoint(src)
     dst = parse_to(to, ckpt.spec)
@@ -149,9 +149,10 @@ def grow_command(src: Path, *, op: str, to: str, out: Path, seed: int = 0, probe
     console.print(f"wrote {out}")
 
 
-def share_options(op: str) -> dict:
-    """`share`, `share(attention)`, `share(ffn, init=first)`, `share(what=all)`: the share op's
-    arguments, checked against the recipe language's (surgery.catalog)."""
+def compress_options(op: str) -> dict:
+    """`share(attention)`, `share(ffn, init=first)`, `factorize(128)`, `distil(select=last)`: the
+    op's arguments, checked against the recipe language's (surgery.catalog). The distillation
+    losses' weights are refused: this command builds the student, a recipe trains it."""
     from surgery.catalog import COMPRESS_OPS
 
     name, paren, rest = op.partition("(")
@@ -163,10 +164,18 @@ def share_options(op: str) -> dict:
     options: dict = {}
     for part in filter(None, (p.strip() for p in rest[:-1].split(","))):
         key, eq, value = (x.strip() for x in part.partition("="))
-        if not eq:  # a bare value names its argument by the choice it is: share(ffn) = share(what=ffn)
-            key, value = next((k for k, a in info.items() if part in a.choices), None), part
-        if key not in info or value not in info[key].choices:
-            choices = "; ".join(f"{k}: {', '.join(a.choices)}" for k, a in info.items())
+        if not eq:  # a bare value names its argument: share(ffn) = share(what=ffn), factorize(128) = rank
+            key = "rank" if name == "factorize" and part.isdigit() else next((k for k, a in info.items() if part in a.choices), None)
+            value = part
+        arg = info.get(key)
+        if arg is not None and arg.kind == "float":
+            raise SurgeryError(f"--op {op}: {key} is a training loss setting; surgery grow only builds the "
+                               f"{'student' if name == 'distil' else 'model'} (write it in a recipe)")
+        if arg is not None and arg.kind == "int" and value.isdigit():
+            options[key] = int(value)
+            continue
+        if arg is None or value not in arg.choices:
+            choices = "; ".join(f"{k}: {', '.join(a.choices) or a.kind}" for k, a in info.items() if a.kind != "float")
             raise SurgeryError(f"--op {op}: unknown argument {part!r} ({choices})")
         options[key] = value
     return options
@@ -200,9 +209,18 @@ def compress_command(src: Path, *, op: str, to: str, out: Path, console, probe: 
     changed = [f"{k} {getattr(src_spec, k)} -> {getattr(dst, k)}" for k in kept if getattr(dst, k) != getattr(src_spec, k)]
     if changed:
         raise SurgeryError(f"--op {op} keeps {', '.join(kept)}; --to changes {', '.join(changed)}")
-    if op == "factorize" and dst.embedding is None:
-        raise SurgeryError("--op factorize needs the embedding size: --to embedding=E")
     options = dict(options or {})
+    if op == "factorize":
+        rank = options.pop("rank", None)
+        if rank is not None and dst.embedding is not None and dst.embedding != rank:
+            raise SurgeryError(f"--op factorize({rank}) but --to embedding={dst.embedding}")
+        if rank is not None:
+            try:
+                dst = ModelSpec(**{**dst.model_dump(), "embedding": rank})
+            except ValueError as err:
+                raise SurgeryError(f"--op factorize({rank}): {err.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+        if dst.embedding is None:
+            raise SurgeryError("--op factorize needs the embedding size: factorize(E) or --to embedding=E")
     if op == "share":
         what = options.pop("what", None)
         said = dst.share if dst.share != (src_spec.share if src_spec.family == "albert" else "none") else None

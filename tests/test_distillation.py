@@ -236,3 +236,19 @@ def test_task_specific_distillation_from_a_fine_tuned_teacher(tmp_path):
     with pytest.raises(SurgeryError, match="implemented for bert checkpoints on classification"):
         finetune(tmp_path / "s", "korquad-ext", tmp_path / "x", epochs=1, teacher=tmp_path / "tft" / "model",
                  train_data=own["squad"], eval_data=own["squad"], progress=False)
+
+
+def test_plan_counts_the_teachers_forward_passes():
+    from surgery.plan import build_plan
+    from surgery.plan_cli import plan_json
+    from surgery.recipe import parse_recipe
+
+    per_token = {}
+    for op in ("distil", "distil(style=tutor)"):
+        text = RECIPE.format(op=op, width=32, ff=64).replace('"corpus.txt"', '"c.txt"')
+        out = plan_json(build_plan(parse_recipe(text, file="x.grow")))
+        b, s = out["models"]["B"]["params"], out["models"]["S"]["params"]
+        per_token[op] = [st for st in out["stages"] if st["kind"] == "train"][-1]["flops_per_token"] - 6 * s
+        assert per_token[op] >= 2 * b
+    assert per_token["distil"] == 2 * b  # one teacher forward per token
+    assert per_token["distil(style=tutor)"] > 4 * b  # two teacher forwards and the tutor's training

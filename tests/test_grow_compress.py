@@ -63,3 +63,24 @@ def test_compression_mistakes_are_one_line(bert, tmp_path):
 def test_compression_has_no_header_only_dry_run(bert, tmp_path):
     result = grow(bert, "--op", "factorize", "--to", "embedding=8", "--out", tmp_path / "z", "--dry-run")
     assert result.exit_code == 2 and "without --dry-run" in result.output and not (tmp_path / "z").exists()
+
+
+def test_op_arguments_reach_the_op_or_are_refused(bert, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AlbertForMaskedLM
+
+    rank = grow(bert, "--op", "factorize(8)", "--to", "", "--out", tmp_path / "r")
+    assert rank.exit_code == 0, rank.output
+    assert AlbertForMaskedLM.from_pretrained(tmp_path / "r").config.embedding_size == 8
+    last = grow(bert, "--op", "distil(select=last)", "--to", "layers=2", "--out", tmp_path / "last")
+    assert last.exit_code == 0, last.output
+    teacher, student = load_file(bert / "model.safetensors"), load_file(tmp_path / "last" / "model.safetensors")
+    key = "bert.encoder.layer.{}.output.dense.weight"
+    assert torch.equal(student[key.format(0)], teacher[key.format(2)])  # the last two of four layers
+    for op, message in [("factorize(8)", "but --to embedding=16"), ("factorize(64)", "factorize(64)"),
+                        ("distil(T=3)", "training loss setting"), ("distil(select=middle)", "unknown argument")]:
+        extra = ["--to", "embedding=16" if op == "factorize(8)" else "layers=2" if op.startswith("distil") else ""]
+        result = grow(bert, "--op", op, *extra, "--out", tmp_path / "bad")
+        assert result.exit_code == 2 and message in result.output, (op, result.output)
+        assert not (tmp_path / "bad").exists()

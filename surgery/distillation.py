@@ -195,9 +195,10 @@ class TinyBertLoss(Distiller):
             return own_loss(student, batch)
         inputs = _inputs(batch)
         count = count_of(batch)
-        s_out, s_scores = run_with_internals(student, inputs, self.intermediate)
+        want_scores = bool(self.trainable.att)
+        s_out, s_scores = run_with_internals(student, inputs, want_scores)
         with torch.no_grad():
-            t_out, t_scores = run_with_internals(self.teacher, inputs, self.intermediate)
+            t_out, t_scores = run_with_internals(self.teacher, inputs, want_scores)
         loss = self.trainable(s_out, s_scores, t_out, t_scores, batch["attention_mask"]) if self.intermediate else 0.0
         if self.pred:
             s_logits, t_logits = s_out.logits, t_out.logits

@@ -4,6 +4,7 @@ recipes/bert-variants/, fine-tune each final model on KLUE-NLI, print one table.
     python -m kb2b.bert_variants                  # everything not done yet, one run at a time
     python -m kb2b.bert_variants mlm span         # only these runs
     python -m kb2b.bert_variants --table-only     # the table from whatever has finished
+    python -m kb2b.bert_variants mlm span --seeds 42,1,2   # more fine-tuning seeds (noise of the score)
 
 Resumable: a run whose summary.json exists is not pretrained again, a fine-tuning whose
 scores.json exists is not repeated. Logs go to runs/bert-variants/_logs/.
@@ -58,12 +59,20 @@ def pretrain(name: str, out: Path) -> bool:
     return ok
 
 
-def finetune(name: str, out: Path, args) -> None:
-    target = out / name / "finetune"
+def finetune_dir(out: Path, name: str, seed: int) -> Path:
+    return out / name / ("finetune" if seed == DEFAULT_SEED else f"finetune-seed{seed}")
+
+
+DEFAULT_SEED = 42  # surgery finetune's
+
+
+def finetune(name: str, out: Path, args, seed: int) -> None:
+    target = finetune_dir(out, name, seed)
     if (target / "klue-nli" / "scores.json").is_file():
         return
     cmd = ["surgery", "finetune", str(out / name / "final"), "--task", "klue-nli", "--out", str(target),
-           "--limit", str(args.limit), "--epochs", str(args.epochs), "--lr", str(args.lr), "--device", "cpu"]
+           "--limit", str(args.limit), "--epochs", str(args.epochs), "--lr", str(args.lr), "--device", "cpu",
+           "--seed", str(seed)]
     log(f"{name}: fine-tuning ({' '.join(cmd[1:])})")
     with open(out / "_logs" / f"{name}.finetune.log", "a") as f:
         ok = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode == 0
@@ -75,8 +84,8 @@ def _read(path: Path) -> dict:
 
 
 def table(out: Path) -> str:
-    rows = ["| run | objective / chain | final model params | val loss (first -> last) | pretrain wall (s) | KLUE-NLI acc |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| run | objective / chain | final model params | val loss (first -> last) | pretrain wall (s) | KLUE-NLI acc (seed 42) | mean +- sd (seeds) |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, (recipe, _) in RUNS.items():
         summary = _read(out / name / "summary.json")
         if not summary:
@@ -90,12 +99,22 @@ def table(out: Path) -> str:
 
             model = load_model(out / name / "final")
             params = f"{sum(p.numel() for p in model.parameters()):,}"
-        scores = _read(out / name / "finetune" / "klue-nli" / "scores.json")
-        scores = scores.get("scores", {})
-        acc = f"{scores['accuracy']:.1f}" if "accuracy" in scores else ""
-        chain = next((line.strip() for line in (RECIPES / f"{recipe}.grow").read_text().splitlines()
-                      if line.strip().startswith(("objective", "grow"))), "")
-        rows.append(f"| {name} | `{chain}` | {params} | {vals[0]:.3f} -> {vals[-1]:.3f} | {summary['wall_s']:.0f} | {acc} |")
+        accs = {}
+        for folder in sorted((out / name).glob("finetune*")):
+            scores = _read(folder / "klue-nli" / "scores.json")
+            if "scores" in scores:
+                accs[scores["params"]["seed"]] = scores["scores"]["accuracy"]
+        acc = f"{accs[DEFAULT_SEED]:.1f}" if DEFAULT_SEED in accs else ""
+        spread = ""
+        if len(accs) > 1:
+            import statistics
+
+            values = list(accs.values())
+            spread = f"{statistics.mean(values):.1f} +- {statistics.stdev(values):.1f} ({len(values)})"
+        chain = "none: 1 step at warmup lr ~0" if name == "random" else next(
+            (line.strip() for line in (RECIPES / f"{recipe}.grow").read_text().splitlines()
+             if line.strip().startswith(("grow", "objective"))), "")
+        rows.append(f"| {name} | `{chain}` | {params} | {vals[0]:.3f} -> {vals[-1]:.3f} | {summary['wall_s']:.0f} | {acc} | {spread} |")
     return "\n".join(rows)
 
 
@@ -106,6 +125,7 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=8000, help="KLUE-NLI training (and eval) examples")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=5e-4, help="measured on the mlm run: 38.7 at 5e-4, 34.6 (chance) at 1e-4")
+    ap.add_argument("--seeds", default=str(DEFAULT_SEED), help="fine-tuning seeds, comma-separated (e.g. 42,1,2)")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args(argv)
     unknown = [n for n in args.runs if n not in RUNS]
@@ -115,7 +135,8 @@ def main(argv=None) -> int:
     if not args.table_only:
         for name in args.runs or list(RUNS):
             if pretrain(name, args.out):
-                finetune(name, args.out, args)
+                for seed in (int(x) for x in args.seeds.split(",")):
+                    finetune(name, args.out, args, seed)
     text = table(args.out)
     (args.out / "table.md").write_text(text + "\n")
     print(text)

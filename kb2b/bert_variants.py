@@ -83,9 +83,39 @@ def _read(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def common_mlm_losses(out: Path, names: list[str], batches: int = 32) -> dict[str, float]:
+    """Every final model with an MLM head, on the same masked validation batches (mlm.grow's
+    data and masking, `batches` batches): the one intrinsic number all of them share. ELECTRA's
+    discriminator head is not trained by RTD and is left out."""
+    from dataclasses import replace
+
+    from surgery.compress import load_model
+    from surgery.plan import plan_file
+    from surgery.train.loop import Trainer
+    from surgery.train.schedule import compile_plan
+
+    segments, settings = compile_plan(plan_file(RECIPES / "mlm.grow"))
+    trainer = Trainer(segments, replace(settings, val_batches=batches), out / "_common", run_name="common", quiet=True,
+                      corpus_base=RECIPES)
+    trainer.prepare_data()
+    trainer.aux, trainer.distil = None, None
+    import numpy as np
+
+    counts = np.bincount(np.asarray(trainer.train_blocks).ravel(), minlength=trainer.vocab) + 1.0
+    logp = np.log(counts / counts.sum())
+    labels = np.concatenate([b["labels"][b["labels"] != -100].numpy() for b in trainer.val])
+    losses = {"unigram": float(-logp[labels].mean())}  # the training text's token frequencies, no context
+    for name in names:
+        if name != "electra" and (out / name / "final" / "config.json").is_file():
+            losses[name] = trainer.validate(load_model(out / name / "final"))
+    return losses
+
+
 def table(out: Path) -> str:
-    rows = ["| run | objective / chain | final model params | val loss (first -> last) | pretrain wall (s) | KLUE-NLI acc (seed 42) | mean +- sd (seeds) |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    common = common_mlm_losses(out, list(RUNS))
+    unigram = f"Reference: the training text's unigram frequencies (no context) score {common['unigram']:.3f} on the common batches."
+    rows = ["| run | objective / chain | final model params | val loss (first -> last) | MLM loss, common batches | pretrain wall (s) | KLUE-NLI acc (seed 42) | mean +- sd (seeds) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, (recipe, _) in RUNS.items():
         summary = _read(out / name / "summary.json")
         if not summary:
@@ -111,11 +141,12 @@ def table(out: Path) -> str:
 
             values = list(accs.values())
             spread = f"{statistics.mean(values):.1f} +- {statistics.stdev(values):.1f} ({len(values)})"
+        mlm_common = f"{common[name]:.3f}" if name in common else "n/a"
         chain = "none: 1 step at warmup lr ~0" if name == "random" else next(
             (line.strip() for line in (RECIPES / f"{recipe}.grow").read_text().splitlines()
              if line.strip().startswith(("grow", "objective"))), "")
-        rows.append(f"| {name} | `{chain}` | {params} | {vals[0]:.3f} -> {vals[-1]:.3f} | {summary['wall_s']:.0f} | {acc} | {spread} |")
-    return "\n".join(rows)
+        rows.append(f"| {name} | `{chain}` | {params} | {vals[0]:.3f} -> {vals[-1]:.3f} | {mlm_common} | {summary['wall_s']:.0f} | {acc} | {spread} |")
+    return "\n".join(rows) + "\n\n" + unigram
 
 
 def main(argv=None) -> int:

@@ -39,3 +39,10 @@ def test_plan_help_has_the_syntax():
     out = CliRunner().invoke(app, ["plan", "--help"], env={"COLUMNS": "120"}).stdout
     for needle in ("model T = t5(", "pretrained", "init-", "d(identity)", "d[0..5 x4]", "until val_loss", "finetune", "@40%"):
         assert needle in out, needle
+
+
+def test_plan_help_syntax_is_not_rewrapped_on_an_80_column_terminal():
+    out = CliRunner().invoke(app, ["plan", "--help"], env={"COLUMNS": "80"}).stdout
+    for line in ("embedding=128, share=all|attention|ffn|none)", "distil(style=distilbert|tinybert|tutor)",
+                 "optimizer adamw(lr=5e-4, warmup=1%, schedule=linear)", "d[0..5 x4] explicit source layers (t5: d[0..5 x2 + 0..5 x2])"):
+        assert line in out, line

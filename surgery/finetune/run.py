@@ -87,16 +87,16 @@ def finetune(checkpoint: str | Path, task: str, out_dir: str | Path | None = Non
 
         teacher_dir = _teacher_dir(Path(p.teacher), task)
         teacher_config, teacher_tokenizer = _load_checkpoint(teacher_dir)
-        if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
-            raise SurgeryError(f"teacher {teacher_dir} and student {checkpoint} have different tokenizers; "
-                               "distillation feeds both the same token ids")
         if spec.head != "classification" or {config.model_type, teacher_config.model_type} != {"bert"}:
             raise SurgeryError("task-specific distillation (--teacher) is implemented for bert checkpoints on "
                                f"classification tasks (klue-nli); not {task} with {config.model_type} / {teacher_config.model_type}")
+        if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise SurgeryError(f"teacher {teacher_dir} and student {checkpoint} have different tokenizers; "
+                               "distillation feeds both the same token ids")
+        if teacher_config.num_attention_heads != config.num_attention_heads:
+            raise SurgeryError(f"teacher {teacher_dir} has {teacher_config.num_attention_heads} attention heads, the student "
+                               f"{config.num_attention_heads}; TinyBERT compares attention scores head by head")
         teacher = load_head(teacher_dir, spec.head, teacher_config, **spec.head_config())
-        if teacher.config.vocab_size != config.vocab_size or teacher.config.num_attention_heads != config.num_attention_heads:
-            raise SurgeryError(f"teacher {teacher_dir} and student differ in vocabulary or heads; TinyBERT compares "
-                               "attention scores head by head and logits on the same tokens")
         inter_epochs = p.epochs if p.distil_epochs is None else p.distil_epochs
         first = phase(inter_epochs, f"{task} distil: layers", TinyBertLoss(teacher, model, pred=0.0))
         report = phase(p.epochs, f"{task} distil: prediction",

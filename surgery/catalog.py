@@ -9,15 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True)
-class ArgInfo:
-    """An op/objective/task argument: its type ("choice", "int", "float") and default."""
-
-    kind: str
-    default: object = None
-    choices: tuple[str, ...] = ()
-    help: str = ""
+from surgery.args import FRACTION, ArgInfo
+from surgery.families import FAMILIES
 
 
 @dataclass(frozen=True)
@@ -26,6 +19,10 @@ class OpInfo:
     width: str | None  # None, or how new width units are initialized: fpi | aki | lossless
     help: str
     args: dict[str, ArgInfo] = field(default_factory=dict)
+    impl: str = "surgery.ops.growth:plan_growth"  # where it is implemented ("module:name")
+    # compression ops: the families the model before and after the op may be (None: any)
+    sources: tuple[str, ...] | None = None
+    targets: tuple[str, ...] | None = None
 
 
 _SEED = ArgInfo("int", None, help="seed of random choices (default: the training seed)")
@@ -64,16 +61,18 @@ OPS: dict[str, OpInfo] = {
 # Compression ops: the chain's right model is smaller (or the same size, differently built).
 COMPRESS_OPS: dict[str, OpInfo] = {
     "factorize": OpInfo(False, None, "ALBERT factorized embeddings: bert -> albert(embedding=E), best rank-E approximation of the trained embedding (SVD)",
-                        {"rank": ArgInfo("int", None, help="E; must match the target's embedding= (optional)")}),
+                        {"rank": ArgInfo("int", None, help="E; must match the target's embedding= (optional)", low=0, open_low=True)},
+                        impl="surgery.compress:factorize", sources=("bert", "albert"), targets=("albert",)),
     "share": OpInfo(False, None, "ALBERT cross-layer sharing: every layer uses one set of weights (all), one attention block (attention) or one feed-forward block (ffn)",
                     {"what": ArgInfo("choice", "all", ("all", "attention", "ffn"),
                                      "what is shared: whole layers, the attention block (q/k/v/o + its LayerNorm) or the feed-forward block (ffn, ffn_output + its LayerNorm); left out: the target's share="),
                      "init": ArgInfo("choice", "mean", ("mean", "first", "middle"),
-                                     "the shared weights start as the mean of the trained layers, layer 0, or the middle layer")}),
+                                     "the shared weights start as the mean of the trained layers, layer 0, or the middle layer")},
+                    impl="surgery.compress:share", sources=("bert", "albert"), targets=("albert",)),
     "distil": OpInfo(False, None, "distillation into a smaller student (DistilBERT, TinyBERT or Tutor-KD); the model before the op is the frozen teacher",
                      {"style": ArgInfo("choice", "distilbert", ("distilbert", "tinybert", "tutor"),
                                        "distilbert: soft CE at T + hard MLM + hidden cosine; tinybert: embedding/attention/hidden (+prediction) losses; tutor: Tutor-KD"),
-                      "T": ArgInfo("float", None, help="softmax temperature of the soft targets (2 for distilbert, 1 for tinybert's prediction loss)"),
+                      "T": ArgInfo("float", None, help="softmax temperature of the soft targets (2 for distilbert, 1 for tinybert's prediction loss)", low=0, open_low=True),
                       "soft": ArgInfo("float", 5.0, help="distilbert: weight of the soft-target loss (multiplied by T^2)"),
                       "hard": ArgInfo("float", 2.0, help="distilbert: weight of the student's own MLM loss"),
                       "cos": ArgInfo("float", 1.0, help="distilbert: weight of the hidden-state cosine loss"),
@@ -82,75 +81,93 @@ COMPRESS_OPS: dict[str, OpInfo] = {
                       "hid": ArgInfo("float", 1.0, help="tinybert/tutor: weight of the hidden-state MSE (through a learned projection)"),
                       "pred": ArgInfo("float", 0.0, help="tinybert: weight of the soft CE of the MLM logits (0 = general distillation)"),
                       "logit": ArgInfo("float", 1.0, help="tutor: weight of the modified-logit loss"),
-                      "tutor": ArgInfo("float", 0.25, help="tutor: the tutor generator's width as a fraction of the teacher's"),
+                      "tutor": ArgInfo("float", 0.25, help="tutor: the tutor generator's width as a fraction of the teacher's", low=0, high=1, open_low=True),
                       "select": ArgInfo("choice", "every-other", ("every-other", "first", "last"),
-                                        "a student of the teacher's width starts from these teacher layers: every other (DistilBERT), the first or the last L")}),
+                                        "a student of the teacher's width starts from these teacher layers: every other (DistilBERT), the first or the last L")},
+                     impl="surgery.compress:distil_student", sources=("bert",), targets=("bert",)),
 }
 
-# Ops the language has room for but the project does not implement yet.
-PLANNED_OPS: dict[str, str] = {}
 
 @dataclass(frozen=True)
 class ObjectiveInfo:
-    families: tuple[str, ...]
+    kinds: tuple[str, ...]  # the model kinds it trains (a family descriptor's `kind`)
     help: str
     params: dict[str, ArgInfo]
+    impl: str = ""  # "module:name" of the implementation
+    head: str | None = None  # a head class the family must have ("mlm", "pretraining")
+    only: tuple[str, ...] | None = None  # implemented for these families only
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """The families this objective can train."""
+        return tuple(n for n, f in FAMILIES.items() if f.kind in self.kinds
+                     and (self.head is None or self.head in f.classes.values())
+                     and (self.only is None or n in self.only))
 
 
 _MASK_ARGS = {
-    "rate": ArgInfo("float", 0.15, help="fraction of tokens masked"),
+    "rate": ArgInfo("float", 0.15, help="fraction of tokens masked", **FRACTION),
     "masking": ArgInfo("choice", "dynamic", ("dynamic", "static"),
                        "dynamic: new masks each time a block is seen (RoBERTa); static: fixed per block"),
-    "masks": ArgInfo("int", 1, help="static masking: distinct mask copies per block, used in turn by epoch (RoBERTa: 10)"),
+    "masks": ArgInfo("int", 1, help="static masking: distinct mask copies per block, used in turn by epoch (RoBERTa: 10)", low=1),
 }
 
 OBJECTIVES: dict[str, ObjectiveInfo] = {
     "span_corruption": ObjectiveInfo(
-        ("t5",),
+        ("encoder-decoder",),
         "T5 span corruption: mask spans, the decoder writes them out",
         {
-            "rate": ArgInfo("float", 0.15, help="fraction of tokens masked"),
-            "mean_span": ArgInfo("float", 3.0, help="mean span length in tokens"),
+            "rate": ArgInfo("float", 0.15, help="fraction of tokens masked", **FRACTION),
+            "mean_span": ArgInfo("float", 3.0, help="mean span length in tokens", low=1),
         },
+        impl="surgery.train.objectives:SpanCorruption",
     ),
     "mlm": ObjectiveInfo(
-        ("bert", "albert"),
+        ("encoder",),
         "BERT/RoBERTa masked language modelling (80/10/10), dynamic or static masks",
         {**_MASK_ARGS},
+        impl="surgery.train.bert_objectives:MaskedLMPlus", head="mlm",
     ),
     "span": ObjectiveInfo(
-        ("bert", "albert"),
+        ("encoder",),
         "SpanBERT span masking: whole-word spans, geometric lengths, 80/10/10 per span; sbo=true adds the span-boundary objective",
         {
             **_MASK_ARGS,
-            "p": ArgInfo("float", 0.2, help="geometric parameter of span lengths (mean 3.8 words at p=0.2, max 10)"),
-            "max_span": ArgInfo("int", 10, help="longest span (words; tokens with whole_words=false)"),
+            "p": ArgInfo("float", 0.2, help="geometric parameter of span lengths (mean 3.8 words at p=0.2, max 10)", **FRACTION),
+            "max_span": ArgInfo("int", 10, help="longest span (words; tokens with whole_words=false)", low=1),
             "whole_words": ArgInfo("bool", True, help="spans of whole SentencePiece words (pieces starting with ▁)"),
             "sbo": ArgInfo("bool", False, help="add the span-boundary objective (bert only)"),
         },
+        impl="surgery.train.bert_objectives:SpanMasking", head="mlm",
     ),
     "electra": ObjectiveInfo(
-        ("bert",),
+        ("encoder",),
         "ELECTRA replaced-token detection: loss = generator MLM + lambda * RTD; the discriminator is kept",
         {
             **_MASK_ARGS,
-            "generator": ArgInfo("float", 0.25, help="generator width as a fraction of the discriminator's (d_model, d_ff, heads)"),
-            "generator_d_model": ArgInfo("int", 0, help="generator d_model (overrides generator=)"),
-            "lambda": ArgInfo("float", 50.0, help="weight of the RTD loss"),
+            "generator": ArgInfo("float", 0.25, help="generator width as a fraction of the discriminator's (d_model, d_ff, heads)",
+                                 low=0, high=1, open_low=True),
+            "generator_d_model": ArgInfo("int", 0, help="generator d_model (overrides generator=)", low=0),
+            "lambda": ArgInfo("float", 50.0, help="weight of the RTD loss", low=0),
         },
+        impl="surgery.train.bert_objectives:ReplacedTokenDetection", head="mlm", only=("bert",),
     ),
     "sop": ObjectiveInfo(
-        ("bert", "albert"),
+        ("encoder",),
         "ALBERT sentence-order prediction alongside MLM (needs packing=doc-sentences, the default for sop)",
         {**_MASK_ARGS},
+        impl="surgery.train.bert_objectives:SentenceOrder", head="pretraining",
+    ),
+    "clm": ObjectiveInfo(
+        ("decoder",),
+        "causal language modelling: predict every next token (labels = input ids, padding ignored)",
+        {},
+        impl="surgery.train.objectives:CausalLM",
     ),
 }
 
-OBJECTIVES["clm"] = ObjectiveInfo(
-    ("gpt2", "llama"),
-    "causal language modelling: predict every next token (labels = input ids, padding ignored)",
-    {},
-)
+# Objective arguments implemented for some families only: objective -> {argument: families}.
+OBJECTIVE_ARG_FAMILIES = {"span": {"sbo": ("bert",)}}
 
 # Objectives that train modules besides the kept model (heads, a generator) or a different
 # model class. Growth mid-run keeps those modules as they are, so it must keep d_model (depth
@@ -158,45 +175,52 @@ OBJECTIVES["clm"] = ObjectiveInfo(
 OBJECTIVES_WITHOUT_GROWTH = {"electra": "the ELECTRA generator and RTD head", "sop": "the sentence-order head",
                             "span(sbo=true)": "the span-boundary head"}
 
-DEFAULT_OBJECTIVE = {"t5": "span_corruption", "bert": "mlm", "albert": "mlm", "gpt2": "clm", "llama": "clm"}
-
+# A recipe's `finetune task(...)` arguments: name -> (FinetuneParams field, help). Types and bounds
+# come from that field (surgery/finetune/params.py), so plan and fine-tuning accept the same values.
 _FT_ARGS = {
-    "epochs": ArgInfo("float", None, help="fine-tuning epochs"),
-    "lr": ArgInfo("float", None, help="peak learning rate"),
-    "batch_size": ArgInfo("int", None, help="examples per step"),
-    "seq_len": ArgInfo("int", None, help="input length in tokens"),
-    "target_len": ArgInfo("int", None, help="output length in tokens (generative tasks)"),
-    "warmup": ArgInfo("float", None, help="warmup as a fraction of the steps"),
-    "weight_decay": ArgInfo("float", None, help="AdamW weight decay"),
-    "seed": ArgInfo("int", None, help="seed"),
-    "max_examples": ArgInfo("int", None, help="use at most this many training examples"),
-    "eval_examples": ArgInfo("int", None, help="evaluate on at most this many examples"),
+    "epochs": ("epochs", "fine-tuning epochs"),
+    "lr": ("lr", "peak learning rate"),
+    "batch_size": ("batch_size", "examples per step"),
+    "seq_len": ("max_length", "input length in tokens"),
+    "target_len": ("max_target_length", "output length in tokens (generative tasks)"),
+    "warmup": ("warmup_ratio", "warmup as a fraction of the steps"),
+    "weight_decay": ("weight_decay", "AdamW weight decay"),
+    "seed": ("seed", "seed"),
+    "max_examples": ("limit", "use at most this many training examples"),
+    "eval_examples": ("eval_limit", "evaluate on at most this many examples"),
 }
+
+
+def _task_args() -> dict[str, ArgInfo]:
+    from surgery.finetune.params import FinetuneParams, field_arg
+
+    return {name: field_arg(FinetuneParams.model_fields[f], help) for name, (f, help) in _FT_ARGS.items()}
 
 
 @dataclass(frozen=True)
 class TaskInfo:
-    families: tuple[str, ...]  # model families that can do the task
+    kinds: tuple[str, ...]  # model kinds that can do the task
     help: str
+    impl: str  # "module:class" of its surgery.finetune.base.Task
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        return tuple(n for n, f in FAMILIES.items() if f.kind in self.kinds)
 
 
 TASKS: dict[str, TaskInfo] = {
-    "klue-nli": TaskInfo(("t5", "bert", "albert"), "KLUE natural language inference (accuracy)"),
-    "korquad-ext": TaskInfo(("t5", "bert", "albert"), "KorQuAD 1.0 extractive QA on the encoder (EM/F1)"),
-    "korquad-gen": TaskInfo(("t5",), "KorQuAD 1.0 generative QA, encoder-decoder (EM/F1)"),
-    "news-summ": TaskInfo(("t5",), "Korean news summarization, encoder-decoder (ROUGE-L F1)"),
+    "klue-nli": TaskInfo(("encoder", "encoder-decoder"), "KLUE natural language inference (accuracy)",
+                         "surgery.finetune.nli:KlueNli"),
+    "korquad-ext": TaskInfo(("encoder", "encoder-decoder"), "KorQuAD 1.0 extractive QA on the encoder (EM/F1)",
+                            "surgery.finetune.qa_extractive:KorquadExtractive"),
+    "korquad-gen": TaskInfo(("encoder-decoder",), "KorQuAD 1.0 generative QA, encoder-decoder (EM/F1)",
+                            "surgery.finetune.qa_generative:KorquadGenerative"),
+    "news-summ": TaskInfo(("encoder-decoder",), "Korean news summarization, encoder-decoder (ROUGE-L F1)",
+                          "surgery.finetune.summarization:NewsSummarization"),
 }
-TASK_ARGS = _FT_ARGS
+TASK_ARGS = _task_args()
 
-FAMILY_ARGS: dict[str, tuple[str, ...]] = {
-    "t5": ("layers", "d_model", "heads", "d_ff", "d_kv", "vocab", "ff", "head"),
-    "bert": ("layers", "d_model", "heads", "d_ff", "vocab", "max_positions"),
-    "gpt2": ("layers", "d_model", "heads", "d_ff", "vocab", "max_positions"),
-    "llama": ("layers", "d_model", "heads", "kv_heads", "d_ff", "d_kv", "vocab", "tie", "max_positions"),
-    "albert": ("layers", "d_model", "heads", "d_ff", "vocab", "max_positions", "embedding", "share"),
-}
 REQUIRED_MODEL_ARGS = ("layers", "d_model", "heads", "d_ff")
-PLANNED_FAMILIES: tuple[str, ...] = ()
 
 # Names from transformers configs that people type out of habit.
 MODEL_ARG_ALIASES = {

@@ -30,7 +30,8 @@ from typing import Callable, Iterable, Mapping
 import torch
 
 from surgery.errors import SurgeryError
-from surgery.families import FAMILIES, layout_of_checkpoint
+from surgery.families import FAMILIES
+from surgery.families.build import layout_of_checkpoint
 from surgery.headers import INDEX_NAME, SINGLE_NAME, HeaderError, TensorInfo, checkpoint_files, read_headers
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3

@@ -13,14 +13,16 @@ Choices worth knowing (docs/recipes.md says the same for users):
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from surgery import catalog
+from surgery.args import ArgError, ArgInfo, coerce
+from surgery.args import suggest as _suggest
 from surgery.errors import RecipeError
+from surgery.growth_rules import growth_problem
 from surgery.recipe import (
     Arg,
     Call,
@@ -39,7 +41,8 @@ from surgery.recipe import (
     Until,
     load_recipe,
 )
-from surgery.spec import FAMILIES, ModelSpec
+from surgery.families import FAMILIES
+from surgery.spec import ModelSpec
 
 
 # ---- plan types -----------------------------------------------------------------------------
@@ -207,14 +210,6 @@ class Plan(BaseModel):
 
 
 # ---- helpers --------------------------------------------------------------------------------
-def _suggest(word: str, options) -> str:
-    options = list(options)
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
-    if close:
-        return f"; did you mean {close[0]!r}?"
-    return f" (known: {', '.join(options)})" if len(options) <= 12 else ""
-
-
 def _value_text(value) -> str:
     if isinstance(value, Number):
         return str(value.value)
@@ -250,10 +245,9 @@ class _Builder:
         call = decl.family
         family = call.name
         if family not in FAMILIES:
-            if family in catalog.PLANNED_FAMILIES:
-                raise self.err(f"family {family} is not supported yet (supported: {', '.join(FAMILIES)})", call.pos)
             raise self.err(f"unknown model family {family!r}{_suggest(family, FAMILIES)}", call.pos)
-        allowed = catalog.FAMILY_ARGS[family]
+        descriptor = FAMILIES[family]
+        allowed = descriptor.args
         values: dict[str, Any] = {}
         where: dict[str, Pos] = {}
         for arg in call.args:
@@ -266,69 +260,55 @@ class _Builder:
                 raise self.err(f"unknown {family} argument {key!r}{hint}", arg.pos)
             if key in values:
                 raise self.err(f"argument {key} is given twice", arg.pos)
-            values[key] = self._model_value(family, key, arg)
+            values[key] = self._model_value(descriptor, key, arg)
             where[key] = arg.pos
         missing = [k for k in catalog.REQUIRED_MODEL_ARGS if k not in values]
+        two_stacks = len(descriptor.stacks) == 2
         if missing:
-            example = {"layers": "layers=6+6" if family == "t5" else "layers=12", "d_model": "d_model=512", "heads": "heads=8", "d_ff": "d_ff=1024"}
+            example = {"layers": "layers=6+6" if two_stacks else "layers=12", "d_model": "d_model=512", "heads": "heads=8", "d_ff": "d_ff=1024"}
             raise self.err(
                 f"model {decl.name} needs {', '.join(missing)} (e.g. {', '.join(example[k] for k in missing)})", call.pos
             )
-        fields = dict(values)
-        if family == "t5":
-            fields["layers"], fields["decoder_layers"] = values["layers"]
-        if "tie" in fields:
-            fields["head"] = "tied" if fields.pop("tie") else "untied"
-        if "kv_heads" in fields and fields["heads"] % fields["kv_heads"]:
-            raise self.err(f"kv_heads={fields['kv_heads']} does not divide heads={fields['heads']} "
+        if "kv_heads" in values and values["heads"] % values["kv_heads"]:
+            raise self.err(f"kv_heads={values['kv_heads']} does not divide heads={values['heads']} "
                            "(grouped-query attention: each kv head serves heads/kv_heads query heads)", where["kv_heads"])
-        d_model, heads = fields["d_model"], fields["heads"]
-        if fields.get("d_kv") is None and d_model % heads:
-            hint = " (or give the head size with d_kv=)" if family == "t5" else ""
+        d_model, heads = values["d_model"], values["heads"]
+        if values.get("d_kv") is None and d_model % heads:
+            hint = " (or give the head size with d_kv=)" if "d_kv" in allowed else ""
             raise self.err(f"heads={heads} does not divide d_model={d_model}{hint}", where["heads"])
         try:
-            spec = ModelSpec(family=family, **fields)
+            spec = ModelSpec.of(family, **values)
         except ValidationError as e:
             first = e.errors()[0]
             loc = str(first["loc"][0]) if first["loc"] else ""
-            loc = {"decoder_layers": "layers", "head": "tie"}.get(loc, loc)
+            loc = {"decoder_layers": "layers", "head": "tie" if "tie" in allowed else "head"}.get(loc, loc)
             pos = where.get(loc, call.pos)
             raise self.err(f"model {decl.name}: {_pydantic_msg(first)}", pos) from None
         self.models[decl.name] = spec
         self.model_pos[decl.name] = decl.name_pos
 
-    def _model_value(self, family: str, key: str, arg: Arg):
+    def _model_value(self, descriptor, key: str, arg: Arg):
         v = arg.value
-        if key == "layers":
-            if family == "t5":
+        info = descriptor.args[key]
+        if info.kind == "layers":
+            if len(descriptor.stacks) == 2:
                 if isinstance(v, LayersSum):
                     return (v.encoder, v.decoder)
-                raise self.err("t5 depth is written encoder+decoder, e.g. layers=6+6", arg.pos)
+                raise self.err(f"{descriptor.name} depth is written encoder+decoder, e.g. layers=6+6", arg.pos)
             if isinstance(v, Number) and isinstance(v.value, int):
                 return v.value
-            raise self.err(f"{family} depth is one whole number, e.g. layers=12", arg.pos)
-        if key == "tie":
-            text = v.value if isinstance(v, (Name, Str)) else None
-            if text not in ("true", "false"):
-                raise self.err(f"tie must be true or false, got {_value_text(v)}", v.pos)
-            return text == "true"
-        if key == "share":
-            text = v.value if isinstance(v, (Name, Str)) else None
-            choices = ("none", "all", "attention", "ffn")
-            if text not in choices:
-                raise self.err(f"share must be one of {', '.join(choices)}{_suggest(str(text), choices) if text else ''}", v.pos)
-            return text
-        if key in ("ff", "head"):
-            choices = {"ff": ("relu", "gated-gelu"), "head": ("tied", "tied-unscaled", "untied")}[key]
-            text = v.value if isinstance(v, (Name, Str)) else None
-            if text not in choices:
-                raise self.err(f"{key} must be one of {', '.join(choices)}{_suggest(str(text), choices) if text else ''}", v.pos)
-            return text
-        if isinstance(v, Number) and isinstance(v.value, int):
-            if v.value <= 0:
-                raise self.err(f"{key} must be a positive whole number, got {v.value}", v.pos)
-            return v.value
-        raise self.err(f"{key} must be a whole number, got {_value_text(v)}", v.pos)
+            raise self.err(f"{descriptor.name} depth is one whole number, e.g. layers=12", arg.pos)
+        if info.kind == "int" and not (isinstance(v, Number) and isinstance(v.value, int)):
+            raise self.err(f"{key} must be a whole number, got {_value_text(v)}", v.pos)
+        if info.kind == "bool" and not (isinstance(v, (Name, Str)) and v.value in ("true", "false")):
+            raise self.err(f"{key} must be true or false, got {_value_text(v)}", v.pos)
+        return self._coerce(key, v, info)
+
+    def _coerce(self, key: str, v, info: ArgInfo):
+        try:
+            return coerce(key, v, info)
+        except ArgError as e:
+            raise self.err(str(e), e.pos or v.pos) from None
 
     def known_model(self, name: str, pos: Pos) -> ModelSpec:
         if name not in self.models:
@@ -418,7 +398,7 @@ class _Builder:
             raise self.err(f"{loc}: {_pydantic_msg(first)}", pos) from None
         self._check_setting_units(settings, where)
         obj = settings.objective.name
-        if settings.packing == "doc-sentences" and family == "t5":
+        if settings.packing == "doc-sentences" and FAMILIES[family].kind != "encoder":
             raise self.err("packing=doc-sentences is for bert objectives; t5 span corruption packs across documents", where["packing"])
         if obj == "sop" and settings.packing == "full-sentences":
             raise self.err("sop needs segments from one document: use packing=doc-sentences (the default for sop)", where["packing"])
@@ -527,7 +507,7 @@ class _Builder:
         raise self.err(f"lr_on_grow is continue or rewarm(N), e.g. rewarm(500steps){_suggest(got, ['continue', 'rewarm'])}", v.pos)
 
     def _objective(self, call: Call | None, family: str, pos: Pos) -> Objective:
-        name = call.name if call else catalog.DEFAULT_OBJECTIVE[family]
+        name = call.name if call else FAMILIES[family].default_objective
         info = catalog.OBJECTIVES.get(name)
         if info is None:
             raise self.err(f"unknown objective {name!r}{_suggest(name, catalog.OBJECTIVES)}", call.pos)
@@ -540,57 +520,12 @@ class _Builder:
                 raise self.err(f"objective arguments need names ({', '.join(info.params)})", arg.pos)
             if arg.key not in info.params:
                 raise self.err(f"unknown {name} argument {arg.key!r}{_suggest(arg.key, info.params)}", arg.pos)
-            params[arg.key] = self._objective_value(arg, info.params[arg.key])
-        if params.get("masks", 1) < 1:
-            bad = next((a for a in call.args if a.key == "masks"), None)
-            raise self.err("masks is at least 1", bad.value.pos if bad else pos)
-        if "p" in params and not 0 < params["p"] < 1:
-            bad = next((a for a in call.args if a.key == "p"), None)
-            raise self.err(f"p is a probability between 0 and 1, got {params['p']}", bad.value.pos if bad else pos)
-        if params.get("max_span", 1) < 1:
-            bad = next((a for a in call.args if a.key == "max_span"), None)
-            raise self.err("max_span is at least 1", bad.value.pos if bad else pos)
-        if name == "span" and params.get("sbo") and family != "bert":
-            raise self.err("sbo=true (the span-boundary objective) is implemented for bert models only", call.pos)
-        if name == "electra":
-            g, gd = params["generator"], params["generator_d_model"]
-            if not 0 < g <= 1:
-                bad = next((a for a in call.args if a.key == "generator"), None)
-                raise self.err(f"generator is a width fraction in (0, 1], e.g. generator=0.25; got {g}", bad.value.pos if bad else pos)
-            if gd < 0:
-                raise self.err("generator_d_model must be positive", call.pos)
-            if params["lambda"] < 0:
-                raise self.err("lambda must not be negative", call.pos)
-        rate = params.get("rate")
-        if rate is not None and not 0 < rate < 1:
-            bad = next((a for a in call.args if a.key == "rate"), None) if call else None
-            raise self.err(f"rate is a fraction between 0 and 1, got {rate}", bad.value.pos if bad else pos)
-        span = params.get("mean_span")
-        if span is not None and span < 1:
-            bad = next((a for a in call.args if a.key == "mean_span"), None) if call else None
-            raise self.err(f"mean_span is at least 1 token, got {span}", bad.value.pos if bad else pos)
+            params[arg.key] = self._coerce(arg.key, arg.value, info.params[arg.key])
+        for key, families in catalog.OBJECTIVE_ARG_FAMILIES.get(name, {}).items():
+            if params.get(key) and family not in families:
+                bad = next((a for a in call.args if a.key == key), None)
+                raise self.err(f"{key}=true is implemented for {', '.join(families)} models only", call.pos)
         return Objective(name=name, params=params)
-
-    def _objective_value(self, arg: Arg, spec: catalog.ArgInfo):
-        v = arg.value
-        if spec.kind == "choice":
-            text = v.value if isinstance(v, (Name, Str)) else _value_text(v)
-            if text not in spec.choices:
-                raise self.err(f"{arg.key} must be one of {', '.join(spec.choices)}{_suggest(text, spec.choices)}", v.pos)
-            return text
-        if spec.kind == "bool":
-            text = v.value if isinstance(v, (Name, Str)) else (str(v.value) if isinstance(v, Number) else None)
-            table = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
-            if text not in table:
-                raise self.err(f"{arg.key} is true or false", v.pos)
-            return table[text]
-        if not isinstance(v, Number):
-            raise self.err(f"{arg.key} is a number", v.pos)
-        if spec.kind == "int":
-            if not isinstance(v.value, int):
-                raise self.err(f"{arg.key} is a whole number", v.pos)
-            return v.value
-        return v.value
 
     def _optimizer(self, call: Call | None, budget: Point, where: dict) -> Optimizer:
         if call is None:
@@ -663,21 +598,9 @@ class _Builder:
                 raise self.err(f"op {op.name} has no argument {key!r}{_suggest(key, known) if known else ' (it takes none)'}", arg.pos)
             if key in args:
                 raise self.err(f"argument {key} is given twice", arg.pos)
-            spec = info.args[key]
-            v = arg.value
-            if spec.kind == "choice":
-                text = v.value if isinstance(v, (Name, Str)) else _value_text(v)
-                if text not in spec.choices:
-                    raise self.err(f"{key} must be one of {', '.join(spec.choices)}{_suggest(text, spec.choices)}", v.pos)
-                args[key] = text
-            elif spec.kind == "int":
-                if not (isinstance(v, Number) and isinstance(v.value, int)):
-                    raise self.err(f"{key} is a whole number", v.pos)
-                args[key] = v.value
-            else:
-                if not isinstance(v, Number):
-                    raise self.err(f"{key} is a number", v.pos)
-                args[key] = float(v.value)
+            args[key] = self._coerce(key, arg.value, info.args[key])
+            if info.args[key].kind == "float":
+                args[key] = float(args[key])
         for key, spec in info.args.items():
             if spec.default is not None and key not in args:
                 args[key] = spec.default
@@ -699,14 +622,15 @@ class _Builder:
 
         args.update(self.op_args(dataclasses.replace(op, args=tuple(args_in)), info))
         same = ("d_model", "heads", "d_ff", "vocab", "max_positions")
+        if op.name != "distil" and (src.family not in info.sources or dst.family not in info.targets):
+            raise self.err(f"{where}: {op.name} turns a {' (or '.join(info.sources)}{')' * (len(info.sources) - 1)} model "
+                           f"into an {' or '.join(info.targets)} model; {dst_name} is {dst.family}", dst_pos)
         if op.name in ("factorize", "share"):
-            if src.family not in ("bert", "albert") or dst.family != "albert":
-                raise self.err(f"{where}: {op.name} turns a bert (or albert) model into an albert model; {dst_name} is {dst.family}", dst_pos)
             for key in ("layers",) + same:
                 if getattr(src, key) != getattr(dst, key):
                     raise self.err(f"{where}: {op.name} keeps {key} ({getattr(src, key)} -> {getattr(dst, key)}); change it with a separate op", dst_pos)
         if op.name == "factorize":
-            if src.family == "albert" and src.embedding is not None:
+            if src.embedding is not None:
                 raise self.err(f"{where}: {src_name} is already factorized (embedding={src.embedding})", op.pos)
             if dst.share != src.share:
                 raise self.err(f"{where}: factorize keeps the layers ({src.share} -> {dst.share} sharing); use share for that", dst_pos)
@@ -723,7 +647,7 @@ class _Builder:
                 raise self.err(f"{where}: share keeps the embedding size ({src.embedding_size} -> {dst.embedding_size}); factorize first", dst_pos)
             if dst.share != args["what"]:
                 raise self.err(f"{where}: share({args['what']}) needs a target with share={args['what']}; {dst_name} has share={dst.share}", dst_pos)
-            src_share = src.share if src.family == "albert" else "none"
+            src_share = src.share
             if src_share != "none" and not (args["what"] == "all" and src_share in ("attention", "ffn")):
                 raise self.err(f"{where}: share needs an unshared source ({src_name} has share={src_share})", src_pos)
         if op.name == "distil":
@@ -745,16 +669,12 @@ class _Builder:
                 owners = [s for s, keys in catalog.DISTIL_STYLE_ARGS.items() if key in keys]
                 raise self.err(f"distil(style={style}) takes no {key} (that is {' and '.join(owners)}'s); "
                                f"it reads {', '.join(k for k in reads if k != 'style')}", pos)
+        if src.family not in info.sources or dst.family not in info.targets:
+            raise self.err(f"{where}: distil works between {' or '.join(info.sources)} models", dst_pos)
         out = {k: v for k, v in args.items() if k in reads}
         for key, value in catalog.DISTIL_STYLE_DEFAULTS[style].items():
             if key not in given:
                 out[key] = value
-        if out.get("T", 1.0) <= 0:
-            raise self.err("T must be positive", given.get("T", op.pos))
-        if style == "tutor" and not 0 < out["tutor"] <= 1:
-            raise self.err("tutor is the tutor's width as a fraction of the teacher's, in (0, 1]", given.get("tutor", op.pos))
-        if src.family != "bert" or dst.family != "bert":
-            raise self.err(f"{where}: distil works between bert models", dst_pos)
         if style == "distilbert":
             for key in ("d_model", "heads", "d_ff", "vocab", "max_positions"):
                 if getattr(src, key) != getattr(dst, key):
@@ -778,64 +698,18 @@ class _Builder:
         if op.name in catalog.COMPRESS_OPS:
             return self.check_compress(op, src_name, dst_name, src_pos, dst_pos)
         if op.name not in catalog.OPS:
-            if op.name in catalog.PLANNED_OPS:
-                raise self.err(f"op {op.name} ({catalog.PLANNED_OPS[op.name]}) is not supported yet", op.pos)
             written = op.written
             raise self.err(f"unknown op {written!r}{_suggest(op.name, catalog.OPS)}", op.pos)
         info = catalog.OPS[op.name]
         src, dst = self.known_model(src_name, src_pos), self.known_model(dst_name, dst_pos)
         args = self.op_args(op)
         where = f"{src_name} {op.written} {dst_name}"
-        if src.family != dst.family:
-            raise self.err(f"{where}: cannot grow a {src.family} model into a {dst.family} model", dst_pos)
-        if src.family == "albert":
-            raise self.err(f"{where}: growing albert models is not supported yet (grow the bert, then factorize/share)", op.pos)
-        if src.vocab != dst.vocab:
-            raise self.err(f"{where}: vocabularies differ ({src.vocab} vs {dst.vocab}); growth keeps the vocabulary", dst_pos)
-        for key in ("ff", "head"):
-            if getattr(src, key) != getattr(dst, key):
-                raise self.err(f"{where}: {key} changes ({getattr(src, key)} -> {getattr(dst, key)}); growth keeps it", dst_pos)
-        # shrinking anything is never growth
-        stack_names = ("encoder layers", "decoder layers") if src.family == "t5" else ("layers",)
-        for label, a, b in zip(stack_names, src.stacks, dst.stacks):
-            if b < a:
-                raise self.err(f"{where}: {label} would shrink from {a} to {b}; growth ops only grow", dst_pos)
-        width_dims = [("d_model", src.d_model, dst.d_model), ("d_ff", src.d_ff, dst.d_ff), ("heads", src.heads, dst.heads)]
-        if src.family in ("bert", "gpt2"):
-            width_dims.append(("max_positions", src.max_positions, dst.max_positions))
-        if src.family == "llama":
-            width_dims.append(("kv_heads", src.n_kv_heads, dst.n_kv_heads))
-            width_dims.append(("query heads per kv head", src.group_size, dst.group_size))
-        for label, a, b in width_dims:
-            if b < a:
-                raise self.err(f"{where}: {label} would shrink from {a} to {b}; growth ops only grow", dst_pos)
-        deeper = src.stacks != dst.stacks
-        wider = any(a != b for _, a, b in width_dims) or src.head_dim != dst.head_dim
-        if not deeper and not wider:
-            raise self.err(f"{where}: {src_name} and {dst_name} have the same size, so {op.name} changes nothing", op.pos)
-        if info.depth and not info.width and wider:
-            changed = next(f"{k} {a} -> {b}" for k, a, b in width_dims if a != b) if any(a != b for _, a, b in width_dims) else "head size"
-            raise self.err(f"{where}: d grows depth only, but the width changes too ({changed}); use da, df or dl to grow both", op.pos)
-        if info.width and not info.depth and deeper:
-            raise self.err(
-                f"{where}: {op.name} grows width only, but the depth changes too ({src.layers_text()} -> {dst.layers_text()}); use d{op.name} to grow both",
-                op.pos,
-            )
-        if info.depth and info.width and not deeper:
-            raise self.err(f"{where}: {op.name} grows depth and width, but the depth stays {src.layers_text()}; use {op.name[1]}", op.pos)
-        if info.depth and info.width and not wider:
-            raise self.err(f"{where}: {op.name} grows depth and width, but the width stays the same; use d", op.pos)
-        if info.width and src.head_dim != dst.head_dim:
-            hint = ""
-            if dst.d_model % src.head_dim == 0:
-                hint = f"; with d_model={dst.d_model} that is heads={dst.d_model // src.head_dim}"
-            if src.family == "t5":
-                hint += f" (t5 may also keep d_kv={src.head_dim} explicitly)"
-            raise self.err(
-                f"{where}: width ops keep the head size and add heads, but the head size changes "
-                f"{src.head_dim} -> {dst.head_dim} (d_model/heads){hint}",
-                dst_pos,
-            )
+        problem = growth_problem(src, dst, depth=info.depth, width=info.width is not None, op=op.name,
+                                 names=(src_name, dst_name))
+        if problem is not None:
+            message, at = problem
+            prefix = "" if message.startswith(f"{src_name} and {dst_name}") else f"{where}: "
+            raise self.err(prefix + message, dst_pos if at == "dst" else op.pos)
         if op.layers is not None:
             if not info.depth:
                 raise self.err(f"a layer list picks layers for depth growth; {op.name} does not change depth", op.layers_pos)
@@ -973,7 +847,8 @@ class _Builder:
             seen.add(decl.name)
             info = catalog.TASKS[decl.name]
             if family not in info.families:
-                raise self.err(f"{decl.name} needs an encoder-decoder model; {final} is {family}", decl.pos)
+                kinds = " or ".join(info.kinds)
+                raise self.err(f"{decl.name} needs an {kinds} model ({', '.join(info.families)}); {final} is {family}", decl.pos)
             params: dict[str, Any] = {}
             for arg in decl.args:
                 if arg.key is None:
@@ -981,11 +856,7 @@ class _Builder:
                 spec = catalog.TASK_ARGS.get(arg.key)
                 if spec is None:
                     raise self.err(f"unknown {decl.name} argument {arg.key!r}{_suggest(arg.key, catalog.TASK_ARGS)}", arg.pos)
-                v = arg.value
-                if not isinstance(v, Number) or v.value <= 0 or (spec.kind == "int" and not isinstance(v.value, int)):
-                    kind = "a positive whole number" if spec.kind == "int" else "a positive number"
-                    raise self.err(f"{arg.key} is {kind}", v.pos)
-                params[arg.key] = v.value
+                params[arg.key] = self._coerce(arg.key, arg.value, spec)
             tasks.append(FinetuneTask(name=decl.name, params=params))
         return tasks
 
@@ -998,11 +869,11 @@ class _Builder:
         budget = self.budget(train.budget)
         steps_per_epoch = _peek_steps_per_epoch(train)
         chain_text, stages = self.chain(budget, steps_per_epoch, train)
-        families = {self.models[s.model].family for s in stages if isinstance(s, TrainStage)}
-        family = families.pop()
-        settings = self.settings(train, family)
-        final = [s for s in stages if isinstance(s, TrainStage)][-1].model
-        tasks = self.finetune(family, final)
+        trained = [s.model for s in stages if isinstance(s, TrainStage)]
+        # the first model's family picks the default objective; every trained model must fit it
+        settings = self.settings(train, self.models[trained[0]].family)
+        final = trained[-1]
+        tasks = self.finetune(self.models[final].family, final)
         self._check_objective_with_chain(stages, settings)
         return Plan(
             name=self.r.name,

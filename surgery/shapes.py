@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from surgery.spec import T5_BUCKETS, ModelSpec
+from surgery.spec import ModelSpec
+from surgery.view import Role
 
 # AdamW training state per parameter: fp32 weight, gradient and two moments.
 TRAIN_BYTES_PER_PARAM = 16
@@ -50,118 +51,63 @@ class TensorGroup:
         return ", ".join(dict.fromkeys(parts)) + self.note if self.note.startswith(" (shared") else ", ".join(dict.fromkeys(parts))
 
 
+# The plan's tensor groups, in display order, and which neutral slots each holds (first match).
+GROUPS = ("embedding", "attention q/k/v", "attention o", "feed-forward in", "feed-forward out", "norms",
+          "relative bias", "pooler", "lm head")
+
+
+_NORM_ROLES = (Role.NORM, Role.NORM_BIAS, Role.HEAD_NORM, Role.HEAD_NORM_BIAS)
+
+
+def group_of(local: str) -> str:
+    """The tensor group of a neutral slot name (`embed.tok`, `attn.q.w`, `dec.final_norm.w`, ...)."""
+    parts = local.split(".")
+    if parts[0] == "head":
+        return "lm head"
+    if "norm" in parts or "final_norm" in parts:
+        return "norms"
+    if parts[0] == "embed":
+        return "embedding"
+    if parts[0] == "pooler":
+        return "pooler"
+    if parts[0] == "relbias":
+        return "relative bias"
+    if parts[0] in ("attn", "xattn"):
+        return "attention o" if parts[1] == "o" else "attention q/k/v"
+    if parts[0] == "ff":
+        return "feed-forward out" if parts[1] == "wo" else "feed-forward in"
+    raise ValueError(f"no tensor group for slot {local!r}")
+
+
 def tensor_groups(spec: ModelSpec) -> list[TensorGroup]:
-    """Every parameter tensor of spec's pretraining model, grouped. Sums to spec.params."""
-    d, inner, ff, v, h = spec.d_model, spec.inner_dim, spec.d_ff, spec.vocab, spec.heads
-    if spec.family == "t5":
-        e, dl = spec.stacks
-        attn = e + 2 * dl  # encoder self, decoder self, decoder cross
-        wi = [Tensor("block.{i}.layer.*.DenseReluDense.wi", (ff, d), e + dl)]
-        if spec.ff == "gated-gelu":
-            wi = [
-                Tensor("block.{i}.layer.*.DenseReluDense.wi_0", (ff, d), e + dl),
-                Tensor("block.{i}.layer.*.DenseReluDense.wi_1", (ff, d), e + dl),
-            ]
-        head = (
-            TensorGroup("lm head", (Tensor("lm_head.weight", (v, d), 1),))
-            if spec.head == "untied"
-            else TensorGroup("lm head", (), note="tied" + (" (x d_model^-0.5)" if spec.head == "tied" else ", unscaled"))
-        )
-        return [
-            TensorGroup("embedding", (Tensor("shared.weight", (v, d), 1),)),
-            TensorGroup("attention q/k/v", (Tensor("block.{i}.layer.*.*Attention.{q,k,v}", (inner, d), 3 * attn),)),
-            TensorGroup("attention o", (Tensor("block.{i}.layer.*.*Attention.o", (d, inner), attn),)),
-            TensorGroup("feed-forward in", tuple(wi)),
-            TensorGroup("feed-forward out", (Tensor("block.{i}.layer.*.DenseReluDense.wo", (d, ff), e + dl),)),
-            TensorGroup("norms", (Tensor("*.layer_norm.weight", (d,), 2 * e + 3 * dl + 2),)),
-            TensorGroup("relative bias", (Tensor("block.0.layer.0.SelfAttention.relative_attention_bias", (T5_BUCKETS, h), 2),)),
-            head,
-        ]
-    n = spec.layers
-    if spec.family == "gpt2":  # Conv1D weights are stored [in, out]
-        return [
-            TensorGroup("embedding", (Tensor("transformer.wte", (v, d), 1), Tensor("transformer.wpe", (spec.max_positions, d), 1))),
-            TensorGroup("attention q/k/v", (Tensor("h.{i}.attn.c_attn.weight", (d, 3 * inner), n), Tensor("....bias", (3 * inner,), n))),
-            TensorGroup("attention o", (Tensor("h.{i}.attn.c_proj.weight", (inner, d), n), Tensor("....bias", (d,), n))),
-            TensorGroup("feed-forward in", (Tensor("h.{i}.mlp.c_fc.weight", (d, ff), n), Tensor("....bias", (ff,), n))),
-            TensorGroup("feed-forward out", (Tensor("h.{i}.mlp.c_proj.weight", (ff, d), n), Tensor("....bias", (d,), n))),
-            TensorGroup("norms", (Tensor("*.ln_*.{weight,bias}", (d,), 2 * (2 * n + 1)),)),
-            TensorGroup("lm head", (), note="tied"),
-        ]
-    if spec.family == "llama":
-        kv = spec.kv_inner_dim
-        head = (TensorGroup("lm head", (Tensor("lm_head.weight", (v, d), 1),)) if spec.head == "untied"
-                else TensorGroup("lm head", (), note="tied"))
-        return [
-            TensorGroup("embedding", (Tensor("model.embed_tokens", (v, d), 1),)),
-            TensorGroup("attention q/k/v", (Tensor("layers.{i}.self_attn.q_proj", (inner, d), n),
-                                            Tensor("layers.{i}.self_attn.{k,v}_proj", (kv, d), 2 * n))),
-            TensorGroup("attention o", (Tensor("layers.{i}.self_attn.o_proj", (d, inner), n),)),
-            TensorGroup("feed-forward in", (Tensor("layers.{i}.mlp.{gate,up}_proj", (ff, d), 2 * n),)),
-            TensorGroup("feed-forward out", (Tensor("layers.{i}.mlp.down_proj", (d, ff), n),)),
-            TensorGroup("norms", (Tensor("*norm*.weight", (d,), 2 * n + 1),)),
-            head,
-        ]
-    if spec.family == "albert":
-        e, (ua, uf) = spec.embedding_size, spec.shared_units
-        g = "albert_layer_groups.{g}.albert_layers.0"
-        many = n > 1
-        shared = f" (shared by all {n} layers)" if many else ""
-        attn_note = shared if ua == 1 else ""
-        ffn_note = shared if uf == 1 else ""
-        if ua == uf:  # none or all: every LayerNorm alike
-            norms = (Tensor("*.LayerNorm.{weight,bias}", (d,), 2 * 2 * ua),)
-            norm_note = attn_note
-        else:  # one of the two per-layer LayerNorms is shared
-            norms = (Tensor(f"{g}.attention.LayerNorm.{{weight,bias}}", (d,), 2 * ua),
-                     Tensor(f"{g}.full_layer_layer_norm.{{weight,bias}}", (d,), 2 * uf))
-            which = "attention" if ua == 1 else "feed-forward"
-            norm_note = f" (shared by all {n} layers: the {which} LayerNorm)" if many else ""
-        return [
-            TensorGroup("embedding", (Tensor("embeddings.word_embeddings", (v, e), 1),
-                                      Tensor("embeddings.position_embeddings", (spec.max_positions, e), 1),
-                                      Tensor("embeddings.token_type_embeddings", (2, e), 1),
-                                      Tensor("embeddings.LayerNorm.{weight,bias}", (e,), 2))),
-            TensorGroup("embedding projection", (Tensor("encoder.embedding_hidden_mapping_in.weight", (d, e), 1),
-                                                 Tensor("....bias", (d,), 1))),
-            TensorGroup("attention q/k/v", (Tensor(f"{g}.attention.{{query,key,value}}.weight", (d, d), 3 * ua),
-                                            Tensor("....bias", (d,), 3 * ua)), note=attn_note),
-            TensorGroup("attention o", (Tensor(f"{g}.attention.dense.weight", (d, d), ua), Tensor("....bias", (d,), ua)), note=attn_note),
-            TensorGroup("feed-forward in", (Tensor(f"{g}.ffn.weight", (ff, d), uf), Tensor("....bias", (ff,), uf)), note=ffn_note),
-            TensorGroup("feed-forward out", (Tensor(f"{g}.ffn_output.weight", (d, ff), uf), Tensor("....bias", (d,), uf)), note=ffn_note),
-            TensorGroup("norms", norms, note=norm_note),
-            TensorGroup("lm head", (Tensor("predictions.dense.weight", (e, d), 1), Tensor("predictions.dense.bias", (e,), 1),
-                                    Tensor("predictions.LayerNorm.{weight,bias}", (e,), 2), Tensor("predictions.bias", (v,), 1)),
-                        note="decoder tied"),
-        ]
-    return [
-        TensorGroup(
-            "embedding",
-            (
-                Tensor("embeddings.word_embeddings", (v, d), 1),
-                Tensor("embeddings.position_embeddings", (spec.max_positions, d), 1),
-                Tensor("embeddings.token_type_embeddings", (2, d), 1),
-            ),
-        ),
-        TensorGroup(
-            "attention q/k/v",
-            (Tensor("layer.{i}.attention.self.{query,key,value}.weight", (d, d), 3 * n), Tensor("....bias", (d,), 3 * n)),
-        ),
-        TensorGroup("attention o", (Tensor("layer.{i}.attention.output.dense.weight", (d, d), n), Tensor("....bias", (d,), n))),
-        TensorGroup("feed-forward in", (Tensor("layer.{i}.intermediate.dense.weight", (ff, d), n), Tensor("....bias", (ff,), n))),
-        TensorGroup("feed-forward out", (Tensor("layer.{i}.output.dense.weight", (d, ff), n), Tensor("....bias", (d,), n))),
-        TensorGroup("norms", (Tensor("*.LayerNorm.{weight,bias}", (d,), 2 * (2 * n + 1)),)),
-        TensorGroup(
-            "lm head",
-            (
-                Tensor("cls.predictions.transform.dense.weight", (d, d), 1),
-                Tensor("cls.predictions.transform.dense.bias", (d,), 1),
-                Tensor("cls.predictions.transform.LayerNorm.{weight,bias}", (d,), 2),
-                Tensor("cls.predictions.bias", (v,), 1),
-            ),
-            note="decoder tied",
-        ),
-    ]
+    """Every parameter tensor of spec's pretraining model, grouped; derived from the family's view
+    (the same templates the ops grow), or the family's own table where it has no view."""
+    family = spec.descriptor
+    if not family.has_view:
+        return family.tensor_groups(spec, Tensor, TensorGroup)
+    view, dims = family.plan_view(spec)
+    # tensors of one shape count together, a norm's apart from a linear bias of the same size
+    found: dict[str, dict[tuple, list]] = {g: {} for g in GROUPS}
+    for slot in view:
+        local = slot.local if slot.layer is not None else slot.name.split(".", 1)[1] if slot.stack else slot.name
+        is_norm = any(a.role in _NORM_ROLES for a in slot.axes)
+        entry = found[group_of(local)].setdefault((slot.shape(dims), is_norm), [slot.hf, 0])
+        entry[1] += 1
+    groups = []
+    for name, shapes in found.items():
+        if not shapes and name in ("pooler", "relative bias"):
+            continue  # a part the family does not have
+        tensors = tuple(Tensor(_pattern(hf), shape, n) for (shape, _), (hf, n) in shapes.items())
+        note = family.head_note(spec) if name == "lm head" else ""
+        groups.append(TensorGroup(name, tensors, note=note))
+    return groups
+
+
+def _pattern(hf: str) -> str:
+    """A representative name: the layer index as {i}."""
+    import re
+
+    return re.sub(r"\.\d+\.", ".{i}.", hf, count=1)
 
 
 @dataclass(frozen=True)
@@ -198,7 +144,7 @@ def flops_per_token(spec: ModelSpec) -> int:
     ALBERT's shared weights count once per layer that uses them: sharing saves parameters, not
     compute, so a shared ALBERT costs what the unshared one does.
     """
-    if spec.family == "albert":
+    if spec.share != "none":
         return 6 * spec.model_copy(update={"share": "none"}).params
     return 6 * spec.params
 

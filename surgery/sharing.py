@@ -88,3 +88,8 @@ def is_tied(model, what: str) -> bool:
     """Whether every layer holds layer 0's `what` modules (the same objects)."""
     layers = albert_layers(model)
     return all(getattr(layer, name) is getattr(layers[0], name) for layer in layers[1:] for name in SHARED_MODULES[what])
+
+
+def tie_built(model, spec):
+    """The family hook of a freshly built ALBERT: share=attention|ffn tied (see tie_shared)."""
+    return tie_shared(model)

@@ -7,16 +7,18 @@ parameters that model has, so that planning never needs to build a model.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-Family = Literal["t5", "bert", "albert", "gpt2", "llama"]
-FAMILIES: tuple[str, ...] = ("t5", "bert", "albert", "gpt2", "llama")
-DECODER_ONLY: tuple[str, ...] = ("gpt2", "llama")
+from surgery.families import FAMILIES as _DESCRIPTORS
 
-# T5's relative-position table size, as in every released T5 checkpoint.
-T5_BUCKETS = 32
+if TYPE_CHECKING:
+    from surgery.families.base import Family as Descriptor
+
+# The family names recipes may use: the registry's keys (surgery/families/__init__.py).
+Family = Literal[tuple(_DESCRIPTORS)]  # type: ignore[valid-type]
+FAMILIES: tuple[str, ...] = tuple(_DESCRIPTORS)
 
 
 class ModelSpec(BaseModel):
@@ -55,38 +57,40 @@ class ModelSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "ModelSpec":
+        family = self.descriptor
         for name in ("layers", "d_model", "heads", "d_ff", "vocab"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.family == "t5":
+        if len(family.stacks) == 2 and family.has_view:
             if self.decoder_layers is None:
-                raise ValueError("t5 needs layers=ENCODER+DECODER, e.g. layers=6+6")
+                raise ValueError(f"{self.family} needs layers=ENCODER+DECODER, e.g. layers=6+6")
             if self.decoder_layers <= 0:
                 raise ValueError("decoder layers must be positive")
-        else:
-            if self.decoder_layers is not None:
-                raise ValueError(f"{self.family} has one stack: write layers=N, not E+D")
-            if self.family != "llama" and self.d_kv is not None and self.d_kv * self.heads != self.d_model:
-                raise ValueError(f"{self.family} has no separate head size: d_kv must equal d_model / heads")
-            if self.ff != "relu":
-                raise ValueError("ff= is a t5 option")
-            if self.head != "tied" and not (self.family == "llama" and self.head == "untied"):
-                raise ValueError("head= is a t5 option (llama: tie=true|false)")
-        if self.kv_heads is not None:
-            if self.family != "llama":
-                raise ValueError("kv_heads= is a llama option")
-            if self.kv_heads <= 0 or self.heads % self.kv_heads:
-                raise ValueError(f"kv_heads={self.kv_heads} must divide heads={self.heads} (grouped-query attention)")
-        if self.family != "albert" and (self.embedding is not None or self.share != "none"):
-            raise ValueError("embedding= and share= are albert options")
-        if self.embedding is not None and not 0 < self.embedding <= self.d_model:
-            raise ValueError(f"embedding must be between 1 and d_model={self.d_model}, got {self.embedding}")
+        elif self.decoder_layers is not None:
+            raise ValueError(f"{self.family} has one stack: write layers=N, not E+D")
+        # a field the family does not take must keep its default (a recipe cannot set it)
+        for name, arg in (("ff", "ff"), ("head", "head"), ("kv_heads", "kv_heads"), ("embedding", "embedding"),
+                          ("share", "share")):
+            if arg not in family.args and getattr(self, name) != ModelSpec.model_fields[name].default:
+                if name == "head" and "tie" in family.args:
+                    continue
+                raise ValueError(f"{arg}= is not a {self.family} option (it takes {', '.join(family.args)})")
+        if self.d_kv is not None and "d_kv" not in family.args and self.d_kv * self.heads != self.d_model:
+            raise ValueError(f"{self.family} has no separate head size: d_kv must equal d_model / heads")
+        if self.kv_heads is not None and (self.kv_heads <= 0 or self.heads % self.kv_heads):
+            raise ValueError(f"kv_heads={self.kv_heads} must divide heads={self.heads} (grouped-query attention)")
         if self.d_kv is None and self.d_model % self.heads != 0:
             raise ValueError(
                 f"heads={self.heads} does not divide d_model={self.d_model}"
-                + (" (give d_kv= to set the head size explicitly)" if self.family == "t5" else "")
+                + (" (give d_kv= to set the head size explicitly)" if "d_kv" in family.args else "")
             )
+        family.validate(self)
         return self
+
+    @property
+    def descriptor(self) -> "Descriptor":
+        """Everything known about this spec's family (surgery/families/<family>.py)."""
+        return _DESCRIPTORS[self.family]
 
     # -- derived -----------------------------------------------------------------------------
     @property
@@ -122,13 +126,6 @@ class ModelSpec(BaseModel):
         return sum(self.stacks)
 
     @property
-    def shared_units(self) -> tuple[int, int]:
-        """(attention blocks, feed-forward blocks) with their own weights: the layer count, or 1
-        where the block is shared by every layer (albert's share=)."""
-        n = self.layers
-        return (1 if self.share in ("all", "attention") else n, 1 if self.share in ("all", "ffn") else n)
-
-    @property
     def embedding_size(self) -> int:
         return self.embedding if self.embedding is not None else self.d_model
 
@@ -137,211 +134,41 @@ class ModelSpec(BaseModel):
 
     def hf_config(self) -> dict:
         """Keyword arguments of the `transformers` config class that builds exactly this model."""
-        if self.family == "t5":
-            return {
-                "vocab_size": self.vocab,
-                "d_model": self.d_model,
-                "d_kv": self.head_dim,
-                "d_ff": self.d_ff,
-                "num_layers": self.layers,
-                "num_decoder_layers": self.decoder_layers,
-                "num_heads": self.heads,
-                "relative_attention_num_buckets": T5_BUCKETS,
-                "feed_forward_proj": self.ff,
-                "tie_word_embeddings": self.head != "tied-unscaled" and self.head != "untied",
-                "decoder_start_token_id": 0,
-                "pad_token_id": 0,
-                "eos_token_id": 1,
-            }
-        if self.family == "gpt2":
-            return {
-                "vocab_size": self.vocab,
-                "n_embd": self.d_model,
-                "n_layer": self.layers,
-                "n_head": self.heads,
-                "n_inner": self.d_ff,
-                "n_positions": self.max_positions,
-                "tie_word_embeddings": True,
-                "bos_token_id": None,
-                "eos_token_id": None,
-            }
-        if self.family == "llama":
-            return {
-                "vocab_size": self.vocab,
-                "hidden_size": self.d_model,
-                "num_hidden_layers": self.layers,
-                "num_attention_heads": self.heads,
-                "num_key_value_heads": self.n_kv_heads,
-                "head_dim": self.head_dim,
-                "intermediate_size": self.d_ff,
-                "max_position_embeddings": self.max_positions,
-                "tie_word_embeddings": self.head == "tied",
-                "bos_token_id": None,
-                "eos_token_id": None,
-                "pad_token_id": None,
-            }
-        cfg = {
-            "vocab_size": self.vocab,
-            "hidden_size": self.d_model,
-            "num_hidden_layers": self.layers,
-            "num_attention_heads": self.heads,
-            "intermediate_size": self.d_ff,
-            "max_position_embeddings": self.max_positions,
-            "type_vocab_size": 2,
-        }
-        if self.family == "albert":
-            # BERT's activation and dropouts (ALBERT's own defaults are gelu_new and 0), so that a
-            # factorized/shared BERT computes what the BERT did.
-            cfg.update(embedding_size=self.embedding_size, num_hidden_groups=1 if self.share == "all" else self.layers,
-                       inner_group_num=1, hidden_act="gelu", hidden_dropout_prob=0.1,
-                       attention_probs_dropout_prob=0.1, layer_norm_eps=1e-12, pad_token_id=0)
-            if self.share in ("attention", "ffn"):  # tied in memory by surgery.sharing.tie_shared
-                cfg["surgery_share"] = self.share
-        return cfg
+        return self.descriptor.hf_config(self)
 
     @classmethod
     def from_hf_config(cls, config: dict) -> "ModelSpec":
         """The spec of an existing checkpoint, from its `config.json` contents."""
         model_type = config.get("model_type")
-        if model_type == "t5":
-            # transformers 5 always ties T5's head and records the d_model**-0.5 output scaling as
-            # `scale_decoder_outputs`; older configs say the same with `tie_word_embeddings`.
-            # Whether a head is untied shows only in the weights (a separate lm_head.weight).
-            scaled = config.get("scale_decoder_outputs", config.get("tie_word_embeddings", True) is not False)
-            return cls(
-                family="t5",
-                layers=config["num_layers"],
-                decoder_layers=config.get("num_decoder_layers") or config["num_layers"],
-                d_model=config["d_model"],
-                heads=config["num_heads"],
-                d_ff=config["d_ff"],
-                d_kv=None if config["d_kv"] * config["num_heads"] == config["d_model"] else config["d_kv"],
-                vocab=config["vocab_size"],
-                ff="gated-gelu" if config.get("feed_forward_proj") == "gated-gelu" else "relu",
-                head="tied" if scaled else "tied-unscaled",
-            )
-        if model_type == "bert":
-            return cls(
-                family="bert",
-                layers=config["num_hidden_layers"],
-                d_model=config["hidden_size"],
-                heads=config["num_attention_heads"],
-                d_ff=config["intermediate_size"],
-                vocab=config["vocab_size"],
-                max_positions=config.get("max_position_embeddings", 512),
-            )
-        if model_type == "gpt2":
-            d = config["n_embd"]
-            return cls(
-                family="gpt2",
-                layers=config["n_layer"],
-                d_model=d,
-                heads=config["n_head"],
-                d_ff=config.get("n_inner") or 4 * d,
-                vocab=config["vocab_size"],
-                max_positions=config.get("n_positions", 1024),
-            )
-        if model_type == "llama":
-            d, heads = config["hidden_size"], config["num_attention_heads"]
-            head_dim = config.get("head_dim") or d // heads
-            kv = config.get("num_key_value_heads") or heads
-            return cls(
-                family="llama",
-                layers=config["num_hidden_layers"],
-                d_model=d,
-                heads=heads,
-                kv_heads=None if kv == heads else kv,
-                d_ff=config["intermediate_size"],
-                d_kv=None if head_dim * heads == d else head_dim,
-                vocab=config["vocab_size"],
-                max_positions=config.get("max_position_embeddings", 2048),
-                # Whether the head is untied is also visible in the weights (a separate lm_head.weight).
-                head="tied" if config.get("tie_word_embeddings", False) else "untied",
-            )
-        if model_type == "albert":
-            layers, groups = config["num_hidden_layers"], config.get("num_hidden_groups", 1)
-            if config.get("inner_group_num", 1) != 1 or groups not in (1, layers):
-                raise ValueError("only ALBERT layouts with one layer per group, all shared or none, are supported")
-            return cls(
-                family="albert",
-                layers=layers,
-                d_model=config["hidden_size"],
-                heads=config["num_attention_heads"],
-                d_ff=config["intermediate_size"],
-                vocab=config["vocab_size"],
-                max_positions=config.get("max_position_embeddings", 512),
-                embedding=None if config.get("embedding_size", 128) == config["hidden_size"] else config.get("embedding_size", 128),
-                share="all" if groups == 1 and layers > 1
-                else config["surgery_share"] if config.get("surgery_share") in ("attention", "ffn") else "none",
-            )
-        raise ValueError(f"unsupported architecture {model_type!r} (supported: {', '.join(FAMILIES)})")
+        family = _DESCRIPTORS.get(model_type)
+        if family is None:
+            raise ValueError(f"unsupported architecture {model_type!r} (supported: {', '.join(_DESCRIPTORS)})")
+        return cls(family=model_type, **family.spec_fields(config))
+
+    @classmethod
+    def of(cls, family: str, **values) -> "ModelSpec":
+        """The spec a recipe line `family(**values)` declares (recipe argument names: layers=(E, D)
+        for two stacks, llama's tie=)."""
+        fields = dict(_DESCRIPTORS[family].recipe_fields(values))
+        if isinstance(fields.get("layers"), tuple):
+            fields["layers"], fields["decoder_layers"] = fields["layers"]
+        return cls(family=family, **fields)
 
     @property
     def hf_config_class(self) -> str:
-        return {"t5": "T5Config", "bert": "BertConfig", "albert": "AlbertConfig", "gpt2": "GPT2Config",
-                "llama": "LlamaConfig"}[self.family]
+        return self.descriptor.config_class
 
     @property
     def hf_model_class(self) -> str:
         """The pretraining class a recipe's model is built as."""
-        return {"t5": "T5ForConditionalGeneration", "bert": "BertForMaskedLM", "albert": "AlbertForMaskedLM",
-                "gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}[self.family]
+        return self.descriptor.model_class
 
     # -- parameter counts (what `model.num_parameters()` reports for hf_model_class) ---------
     def param_groups(self) -> dict[str, int]:
-        """Parameter count per tensor group, summed over layers."""
-        d, inner, ff, v = self.d_model, self.inner_dim, self.d_ff, self.vocab
-        if self.family == "t5":
-            n_ff = 3 if self.ff == "gated-gelu" else 2
-            e, dl = self.stacks
-            groups = {
-                "embedding": v * d,
-                "self_attention": (e + dl) * 4 * d * inner,
-                "cross_attention": dl * 4 * d * inner,
-                "feed_forward": (e + dl) * n_ff * d * ff,
-                "norms": (2 * e + 3 * dl + 2) * d,
-                "relative_bias": 2 * T5_BUCKETS * self.heads,
-                "lm_head": v * d if self.head == "untied" else 0,
-            }
-            return groups
-        n = self.layers
-        if self.family == "gpt2":
-            return {
-                "embedding": (v + self.max_positions) * d,
-                "self_attention": n * (d * 3 * inner + 3 * inner + inner * d + d),
-                "feed_forward": n * (2 * d * ff + ff + d),
-                "norms": (2 * n + 1) * 2 * d,
-                "lm_head": 0,  # tied to the token embedding
-            }
-        if self.family == "llama":
-            kv = self.kv_inner_dim
-            return {
-                "embedding": v * d,
-                "self_attention": n * (2 * d * inner + 2 * d * kv),
-                "feed_forward": n * 3 * d * ff,
-                "norms": (2 * n + 1) * d,
-                "lm_head": v * d if self.head == "untied" else 0,
-            }
-        if self.family == "albert":
-            # shared blocks count once (share=attention: q/k/v/o and the attention LayerNorm;
-            # share=ffn: ffn, ffn_output and full_layer_layer_norm)
-            e, (ua, uf) = self.embedding_size, self.shared_units
-            return {
-                "embedding": (v + self.max_positions + 2) * e + 2 * e,
-                "embedding_projection": e * d + d,
-                "self_attention": ua * 4 * (d * d + d),
-                "feed_forward": uf * (2 * d * ff + ff + d),
-                "norms": (ua + uf) * 2 * d,
-                "lm_head": d * e + e + 2 * e + v,
-            }
-        return {
-            "embedding": (v + self.max_positions + 2) * d + 2 * d,
-            "self_attention": n * 4 * (d * d + d),
-            "feed_forward": n * (2 * d * ff + ff + d),
-            "norms": n * 2 * 2 * d,
-            # MLM head: transform dense + its LayerNorm + output bias (decoder weight is tied)
-            "lm_head": d * d + d + 2 * d + v,
-        }
+        """Parameter count per tensor group (surgery.shapes.tensor_groups), summed over layers."""
+        from surgery.shapes import tensor_groups
+
+        return {g.name: g.params for g in tensor_groups(self)}
 
     @property
     def params(self) -> int:
@@ -351,10 +178,7 @@ class ModelSpec(BaseModel):
         extra = f", d_kv={self.d_kv}" if self.d_kv is not None else ""
         if self.kv_heads is not None:
             extra = f", kv_heads={self.kv_heads}" + extra
-        if self.family == "llama":
-            extra += f", tie={'true' if self.head == 'tied' else 'false'}"
-        if self.family == "albert":
-            extra += f", embedding={self.embedding_size}, share={self.share}"
+        extra += self.descriptor.describe(self)
         return (
             f"{self.family}(layers={self.layers_text()}, d_model={self.d_model}, "
             f"heads={self.heads}, d_ff={self.d_ff}{extra}, vocab={self.vocab})"

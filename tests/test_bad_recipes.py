@@ -82,7 +82,7 @@ CASES = [
     ("unknown op option", HEAD + "grow T d(identiy)@1ep S a@2ep B\n" + TRAIN, "4:10", r"did you mean 'identity'"),
     ("zero point", HEAD + "grow T d@0ep S a@2ep B\n" + TRAIN, "4:10", r"grow an untrained model"),
     ("duplicate task", GOOD + "finetune klue-nli, klue-nli\n", "6:20", r"listed twice"),
-    ("rate out of range", GOOD.rstrip() + " objective span_corruption(rate=1.5)\n", "5:60", r"rate is a fraction between 0 and 1"),
+    ("rate out of range", GOOD.rstrip() + " objective span_corruption(rate=1.5)\n", "5:60", r"rate must be between 0 and 1 \(exclusive\), got 1.5"),
 ]
 
 

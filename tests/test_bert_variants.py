@@ -222,8 +222,8 @@ def test_paper_parameter_counts():
     bert = ModelSpec(family="bert", layers=12, d_model=768, heads=12, d_ff=3072, vocab=30000)
     albert = ModelSpec(family="albert", layers=12, d_model=768, heads=12, d_ff=3072, vocab=30000, embedding=128, share="all")
     pooler = 768 * 768 + 768
-    bert_body = bert.params - bert.param_groups()["lm_head"]  # the table counts the encoder
-    albert_body = albert.params - albert.param_groups()["lm_head"] + pooler
+    bert_body = bert.params - bert.param_groups()["lm head"]  # the table counts the encoder
+    albert_body = albert.params - albert.param_groups()["lm head"] + pooler
     assert round(bert_body / 1e6) == 108
     assert round(albert_body / 1e6) == 12
     assert albert.param_groups()["embedding"] == 30000 * 128 + 512 * 128 + 2 * 128 + 2 * 128
@@ -245,14 +245,14 @@ model W = bert(layers=4, d_model=64, heads=8, d_ff=128, vocab=300)
     ("grow B distil(style=tinybert)@5steps W", "", r"student's layers|keeps heads"),
     ("grow B distil(style=tinybert)@5steps B", "", r"the student is the teacher's size"),
     ("grow B distil(style=tinybert, soft=3)@5steps S", "", r"takes no soft \(that is distilbert's\)"),
-    ("grow B distil(style=tutor, tutor=1.5)@5steps S", "", r"tutor is the tutor's width"),
+    ("grow B distil(style=tutor, tutor=1.5)@5steps S", "", r"tutor must be in \(0, 1\], got 1.5"),
     ("grow F d@5steps A", "", r"growing albert models is not supported yet|factorize|share"),
     ("grow S d@3steps B f@6steps W", "objective electra", r"electra with growth mid-run \(f@6steps\) is not supported yet: .* sized by d_model \(32 -> 64\)"),
     ("grow S d@3steps B f@6steps W", "objective span(sbo=true)", r"span\(sbo=true\) with growth mid-run \(f@6steps\)"),
     ("grow S d@5steps B", "objective sop", r"sop with growth mid-run \(d@5steps\) is not supported yet"),
     ("", "objective sop packing=full-sentences", r"sop needs segments from one document"),
     ("", "objective mlm(masking=sometimes)", r"masking must be one of dynamic, static"),
-    ("", "objective electra(generator=2)", r"generator is a width fraction"),
+    ("", "objective electra(generator=2)", r"generator must be in \(0, 1\], got 2"),
 ])
 def test_plan_rejects(chain, train, message):
     text = BASE + chain + "\n" + ("train B " if not chain else "train ") + "10steps " + train + "\n"

@@ -29,13 +29,13 @@ def test_grow_prints_shapes_and_probe(t5_src, tmp_path):
 
 
 @pytest.mark.parametrize("op,to,message", [
-    ("f", "d_model=8,heads=2", "cannot shrink"),
+    ("f", "d_model=8,heads=2", "d_model would shrink from 16 to 8"),
     ("f", "heads=5", "heads=5 does not divide"),
-    ("d", "d_model=32,heads=8,d_ff=64", "combined op"),
+    ("d", "d_model=32,heads=8,d_ff=64", "use da, df or dl to grow both"),
     ("f", "layers=3+3", "use df"),
     ("x", "d_model=32", "unknown growth op"),
     ("f", "width=3", "unknown key"),
-    ("f", "d_model=32,heads=4", "head size must stay"),
+    ("f", "d_model=32,heads=4", "width ops keep the head size"),
 ])
 def test_user_mistakes_exit_2_and_write_nothing(t5_src, tmp_path, op, to, message):
     out = tmp_path / "out"

@@ -89,10 +89,10 @@ PAPER = {"all": 12, "attention": 64, "ffn": 38, "none": 89}
 def test_albert_paper_table(share_):
     a = ModelSpec(family="albert", layers=12, d_model=768, heads=12, d_ff=3072, vocab=30000, embedding=128, share=share_)
     pooler = 768 * 768 + 768
-    body = a.params - a.param_groups()["lm_head"] + pooler
+    body = a.params - a.param_groups()["lm head"] + pooler
     assert abs(body / 1e6 - PAPER[share_]) < 0.7, body  # measured: 11.68M, 63.65M, 37.69M, 89.65M
     bert = ModelSpec(family="bert", layers=12, d_model=768, heads=12, d_ff=3072, vocab=30000)
-    assert round((bert.params - bert.param_groups()["lm_head"]) / 1e6) == 108
+    assert round((bert.params - bert.param_groups()["lm head"]) / 1e6) == 108
 
 
 # ---- the tied model, its checkpoints ---------------------------------------------------------

@@ -12,8 +12,7 @@ Quirks the view records:
 
 from __future__ import annotations
 
-from surgery.families.base import Family, Layout, Template
-from surgery.spec import ModelSpec
+from surgery.families.base import MAX_POSITIONS, Family, Layout, Template, TokenizerInfo, common_args
 from surgery.view import Kind, Role, axes
 
 M, INNER, FF, V = Kind.MODEL, Kind.INNER, Kind.FF, Kind.VOCAB
@@ -31,7 +30,7 @@ def _linear(local: str, hf: str, out: Kind, inp: Kind) -> list[Template]:
             Template(f"{local}.b", f"{hf}.bias", axes((out, OUT)))]
 
 
-def global_templates(spec: ModelSpec, layout: Layout) -> list[Template]:
+def global_templates(spec, layout: Layout) -> list[Template]:
     p = layout.prefix
     tied = ("cls.predictions.decoder.weight",) if layout.has_mlm_head else ()
     ts = [
@@ -50,7 +49,7 @@ def global_templates(spec: ModelSpec, layout: Layout) -> list[Template]:
     return ts
 
 
-def block_templates(spec: ModelSpec, layout: Layout, stack: str) -> list[Template]:
+def block_templates(spec, layout: Layout, stack: str) -> list[Template]:
     b = f"{layout.prefix}encoder.layer.{{i}}"
     return [
         *_linear("attn.q", f"{b}.attention.self.query", INNER, M),
@@ -64,21 +63,77 @@ def block_templates(spec: ModelSpec, layout: Layout, stack: str) -> list[Templat
     ]
 
 
+def hf_config(spec) -> dict:
+    return {
+        "vocab_size": spec.vocab,
+        "hidden_size": spec.d_model,
+        "num_hidden_layers": spec.layers,
+        "num_attention_heads": spec.heads,
+        "intermediate_size": spec.d_ff,
+        "max_position_embeddings": spec.max_positions,
+        "type_vocab_size": 2,
+    }
+
+
+def spec_fields(config: dict) -> dict:
+    return dict(
+        layers=config["num_hidden_layers"],
+        d_model=config["hidden_size"],
+        heads=config["num_attention_heads"],
+        d_ff=config["intermediate_size"],
+        vocab=config["vocab_size"],
+        max_positions=config.get("max_position_embeddings", 512),
+    )
+
+
+def layout_of(cls: str, names: set[str]) -> Layout:
+    bare = cls == "BertModel"
+    if names:  # a real checkpoint: what it holds decides
+        prefix = "bert." if any(n.startswith("bert.") for n in names) else ""
+        return Layout(cls, prefix=prefix, has_pooler=f"{prefix}pooler.dense.weight" in names,
+                      has_mlm_head="cls.predictions.transform.dense.weight" in names)
+    return Layout(cls, prefix="" if bare else "bert.", has_pooler=bare or cls == "BertForPreTraining",
+                  has_mlm_head=not bare)
+
+
+# Sequence-pair wrapping and the specials every BERT tokenizer has.
+TOKENIZER = TokenizerInfo(
+    specials={"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+              "mask_token": "[MASK]"},
+    single="[CLS] $A [SEP]",
+    pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+    token_type_ids=True,
+)
+ODD_SPLIT_ACTS = frozenset({"gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish",
+                            "quick_gelu", "gelu_python"})
+
 BERT = Family(
     name="bert",
+    kind="encoder",
+    summary="BERT (BertForMaskedLM): post-LayerNorm encoder, absolute positions, MLM head tied to the embedding",
+    args=common_args(max_positions=MAX_POSITIONS),
+    config_class="BertConfig",
+    model_class="BertForMaskedLM",
+    classes={"BertForMaskedLM": "mlm", "BertForPreTraining": "pretraining", "BertModel": ""},
+    hf_config=hf_config,
+    spec_fields=spec_fields,
+    default_objective="mlm",
+    tokenizer=TOKENIZER,
+    no_dropout={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+    tiny=dict(layers=2, d_model=16, heads=4, d_ff=64),
+    growth_keeps=("max_positions",),
     norm="ln",
     norm_position="post",
     eps_key="layer_norm_eps",
     stacks=("enc",),
     dim_keys=("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers"),
     global_templates=global_templates,
-    stack_templates=lambda spec, layout, stack: [],
     block_templates=block_templates,
-    head_input_scale=lambda spec: 1.0,
     extra_dims=lambda config: {Kind.POS: config.get("max_position_embeddings", 512),
                                Kind.TYPE: config.get("type_vocab_size", 2)},
+    layout_of=layout_of,
+    head_note=lambda spec: "decoder tied",
     passthrough=(r"^(bert\.)?embeddings\.position_ids$",),
-    odd_split_acts=frozenset({"gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish",
-                              "quick_gelu", "gelu_python"}),
+    odd_split_acts=ODD_SPLIT_ACTS,
     act_key="hidden_act",
 )

@@ -13,8 +13,7 @@ Quirks the view records:
 
 from __future__ import annotations
 
-from surgery.families.base import Family, Layout, Template
-from surgery.spec import ModelSpec
+from surgery.families.base import MAX_POSITIONS, Family, Layout, Template, TokenizerInfo, common_args
 from surgery.view import Kind, Role, axes
 
 M, INNER, INNER3, FF, V, POS = Kind.MODEL, Kind.INNER, Kind.INNER3, Kind.FF, Kind.VOCAB, Kind.POS
@@ -32,7 +31,7 @@ def _norm(local: str, hf: str, gain=NORM, shift=NB) -> list[Template]:
             Template(f"{local}.b", f"{hf}.bias", axes((M, shift)))]
 
 
-def global_templates(spec: ModelSpec, layout: Layout) -> list[Template]:
+def global_templates(spec, layout: Layout) -> list[Template]:
     p = layout.prefix
     return [
         Template("embed.tok", f"{p}wte.weight", axes((V, KEEP), (M, OUT)), aliases=("lm_head.weight",)),
@@ -40,11 +39,11 @@ def global_templates(spec: ModelSpec, layout: Layout) -> list[Template]:
     ]
 
 
-def stack_templates(spec: ModelSpec, layout: Layout, stack: str) -> list[Template]:
+def stack_templates(spec, layout: Layout, stack: str) -> list[Template]:
     return _norm("final_norm", f"{layout.prefix}ln_f", HN, HNB)
 
 
-def block_templates(spec: ModelSpec, layout: Layout, stack: str) -> list[Template]:
+def block_templates(spec, layout: Layout, stack: str) -> list[Template]:
     b = f"{layout.prefix}h.{{i}}"
     return [
         *_norm("attn.norm", f"{b}.ln_1"),
@@ -56,8 +55,49 @@ def block_templates(spec: ModelSpec, layout: Layout, stack: str) -> list[Templat
     ]
 
 
+def hf_config(spec) -> dict:
+    return {
+        "vocab_size": spec.vocab,
+        "n_embd": spec.d_model,
+        "n_layer": spec.layers,
+        "n_head": spec.heads,
+        "n_inner": spec.d_ff,
+        "n_positions": spec.max_positions,
+        "tie_word_embeddings": True,
+        "bos_token_id": None,
+        "eos_token_id": None,
+    }
+
+
+def spec_fields(config: dict) -> dict:
+    d = config["n_embd"]
+    return dict(layers=config["n_layer"], d_model=d, heads=config["n_head"], d_ff=config.get("n_inner") or 4 * d,
+                vocab=config["vocab_size"], max_positions=config.get("n_positions", 1024))
+
+
+# Decoder-only: documents are joined with the end-of-text token; <pad> exists for batching.
+TOKENIZER = TokenizerInfo(
+    specials={"pad_token": "<pad>", "eos_token": "<|endoftext|>", "unk_token": "<unk>"},
+    single="$A <|endoftext|>",
+    pair="$A <|endoftext|> $B <|endoftext|>",
+)
+
 GPT2 = Family(
     name="gpt2",
+    kind="decoder",
+    summary="GPT-2 (GPT2LMHeadModel): pre-LayerNorm decoder, learned positions, Conv1D weights, tied head",
+    args=common_args(max_positions=MAX_POSITIONS),
+    config_class="GPT2Config",
+    model_class="GPT2LMHeadModel",
+    classes={"GPT2LMHeadModel": "lm", "GPT2Model": ""},
+    hf_config=hf_config,
+    spec_fields=spec_fields,
+    default_objective="clm",
+    tokenizer=TOKENIZER,
+    no_dropout={"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
+    tiny=dict(layers=2, d_model=16, heads=4, d_ff=32, max_positions=32),
+    json_fields=lambda spec: {"max_positions": spec.max_positions},
+    growth_keeps=("max_positions",),
     norm="ln",
     norm_position="pre",
     eps_key="layer_norm_epsilon",
@@ -66,7 +106,7 @@ GPT2 = Family(
     global_templates=global_templates,
     stack_templates=stack_templates,
     block_templates=block_templates,
-    head_input_scale=lambda spec: 1.0,
     extra_dims=lambda config: {Kind.POS: config.get("n_positions", 1024)},
+    layout_of=lambda cls, names: Layout(cls, prefix="" if cls == "GPT2Model" else "transformer."),
     passthrough=(r"^(transformer\.)?h\.\d+\.attn\.(masked_)?bias$",),
 )

@@ -12,8 +12,8 @@ Quirks the view records:
 
 from __future__ import annotations
 
-from surgery.families.base import Family, Layout, Template
-from surgery.spec import ModelSpec
+from surgery.args import ArgInfo
+from surgery.families.base import Family, Layout, Template, TokenizerInfo, common_args
 from surgery.view import Kind, Role, axes
 
 M, INNER, FF, V, H, B = Kind.MODEL, Kind.INNER, Kind.FF, Kind.VOCAB, Kind.HEADS, Kind.BUCKET
@@ -26,7 +26,7 @@ def _head_is_tied(layout: Layout) -> bool:
     return not layout.untied_head
 
 
-def global_templates(spec: ModelSpec, layout: Layout) -> list[Template]:
+def global_templates(spec, layout: Layout) -> list[Template]:
     ts = [Template("embed.tok", "shared.weight", axes((V, KEEP), (M, OUT)),
                    aliases=("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
                    + (("lm_head.weight",) if _head_is_tied(layout) else ()))]
@@ -35,7 +35,7 @@ def global_templates(spec: ModelSpec, layout: Layout) -> list[Template]:
     return ts
 
 
-def stack_templates(spec: ModelSpec, layout: Layout, stack: str) -> list[Template]:
+def stack_templates(spec, layout: Layout, stack: str) -> list[Template]:
     p = HF_STACK[stack]
     final_role = HNORM if stack == "dec" and _head_is_tied(layout) else NORM
     return [
@@ -52,7 +52,7 @@ def _attention(local: str, prefix: str) -> list[Template]:
     ]
 
 
-def block_templates(spec: ModelSpec, layout: Layout, stack: str) -> list[Template]:
+def block_templates(spec, layout: Layout, stack: str) -> list[Template]:
     b = f"{HF_STACK[stack]}.block.{{i}}.layer"
     ts = [Template("attn.norm.w", f"{b}.0.layer_norm.weight", axes((M, NORM)))]
     ts += _attention("attn", f"{b}.0.SelfAttention")
@@ -72,12 +72,91 @@ def block_templates(spec: ModelSpec, layout: Layout, stack: str) -> list[Templat
     return ts
 
 
-def head_input_scale(spec: ModelSpec) -> float:
+def head_input_scale(spec) -> float:
     return spec.d_model ** -0.5 if spec.head == "tied" else 1.0
+
+
+# T5's relative-position table size, as in every released T5 checkpoint.
+BUCKETS = 32
+
+
+def hf_config(spec) -> dict:
+    return {
+        "vocab_size": spec.vocab,
+        "d_model": spec.d_model,
+        "d_kv": spec.head_dim,
+        "d_ff": spec.d_ff,
+        "num_layers": spec.layers,
+        "num_decoder_layers": spec.decoder_layers,
+        "num_heads": spec.heads,
+        "relative_attention_num_buckets": BUCKETS,
+        "feed_forward_proj": spec.ff,
+        "tie_word_embeddings": spec.head != "tied-unscaled" and spec.head != "untied",
+        "decoder_start_token_id": 0,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+    }
+
+
+def spec_fields(config: dict) -> dict:
+    # transformers 5 always ties T5's head and records the d_model**-0.5 output scaling as
+    # `scale_decoder_outputs`; older configs say the same with `tie_word_embeddings`.
+    # Whether a head is untied shows only in the weights (a separate lm_head.weight).
+    scaled = config.get("scale_decoder_outputs", config.get("tie_word_embeddings", True) is not False)
+    return dict(
+        layers=config["num_layers"],
+        decoder_layers=config.get("num_decoder_layers") or config["num_layers"],
+        d_model=config["d_model"],
+        heads=config["num_heads"],
+        d_ff=config["d_ff"],
+        d_kv=None if config["d_kv"] * config["num_heads"] == config["d_model"] else config["d_kv"],
+        vocab=config["vocab_size"],
+        ff="gated-gelu" if config.get("feed_forward_proj") == "gated-gelu" else "relu",
+        head="tied" if scaled else "tied-unscaled",
+    )
+
+
+def untied_head_in(names: set[str], get) -> bool:
+    """Old checkpoints store the tied head too; only a different tensor is an untied head."""
+    if "lm_head.weight" not in names:
+        return False
+    import torch  # only reached when reading a checkpoint's tensors
+
+    return not torch.equal(get("lm_head.weight"), get("shared.weight"))
+
+
+def head_note(spec) -> str:
+    return "tied" + (" (x d_model^-0.5)" if spec.head == "tied" else ", unscaled")
 
 
 T5 = Family(
     name="t5",
+    kind="encoder-decoder",
+    summary="T5 (T5ForConditionalGeneration): pre-RMSNorm encoder-decoder, relative position bias, no biases",
+    args=common_args(
+        d_kv=ArgInfo("int", None, help="head size (default d_model/heads)", low=0, open_low=True),
+        ff=ArgInfo("choice", "relu", ("relu", "gated-gelu"), "feed-forward kind (gated-gelu: T5 v1.1)"),
+        head=ArgInfo("choice", "tied", ("tied", "tied-unscaled", "untied"),
+                     "LM head: tied to the embedding with d_model^-0.5 scaling, tied unscaled, or its own"),
+    ),
+    config_class="T5Config",
+    model_class="T5ForConditionalGeneration",
+    classes={"T5ForConditionalGeneration": "lm"},
+    hf_config=hf_config,
+    spec_fields=spec_fields,
+    default_objective="span_corruption",
+    tokenizer=TokenizerInfo(
+        specials={"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"},
+        single="$A </s>",
+        pair="$A </s> $B </s>",
+        sentinels=True,
+    ),
+    no_dropout={"dropout_rate": 0.0},
+    tiny=dict(layers=(2, 2), d_model=16, heads=4, d_ff=32),
+    describe=lambda spec: "",
+    json_fields=lambda spec: {"ff": spec.ff, "head": spec.head},
+    growth_keeps=("ff", "head"),
+    after_build="surgery.families.build:untie_t5_head_if_asked",
     norm="rms",
     norm_position="pre",
     eps_key="layer_norm_epsilon",
@@ -87,5 +166,9 @@ T5 = Family(
     stack_templates=stack_templates,
     block_templates=block_templates,
     head_input_scale=head_input_scale,
-    extra_dims=lambda config: {Kind.BUCKET: config.get("relative_attention_num_buckets", 32)},
+    extra_dims=lambda config: {Kind.BUCKET: config.get("relative_attention_num_buckets", BUCKETS)},
+    layout_of=lambda cls, names: Layout(cls),
+    untied_head_in=untied_head_in,
+    plan_layout=lambda spec: Layout("T5ForConditionalGeneration", untied_head=spec.head == "untied"),
+    head_note=head_note,
 )

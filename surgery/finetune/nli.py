@@ -6,7 +6,7 @@ import torch
 
 from surgery.finetune.data import NLI_LABELS, load_nli
 from surgery.finetune.loop import autocast, batches
-from surgery.finetune.tasks import Task, cap, input_keys
+from surgery.finetune.base import Task, cap, input_keys
 
 
 class KlueNli(Task):

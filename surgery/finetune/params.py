@@ -52,15 +52,34 @@ def parse_params(params: dict) -> FinetuneParams:
         raise SurgeryError(f"bad fine-tuning setting: {problems}") from None
 
 
-# A recipe's `finetune task(...)` argument names (surgery.catalog.TASK_ARGS) -> FinetuneParams fields.
-RECIPE_ARGS = {"seq_len": "max_length", "target_len": "max_target_length", "warmup": "warmup_ratio",
-               "max_examples": "limit", "eval_examples": "eval_limit"}
+def field_arg(info, help: str):
+    """A FinetuneParams field as a recipe argument (surgery.args.ArgInfo): its number type and
+    bounds, so that `surgery plan` refuses exactly what fine-tuning would."""
+    from annotated_types import Ge, Gt, Le, Lt
+
+    from surgery.args import ArgInfo
+
+    kind = "int" if "int" in str(info.annotation) else "float"
+    bounds: dict = {}
+    for m in info.metadata:
+        if isinstance(m, (Ge, Gt)):
+            bounds.update(low=float(getattr(m, "ge", getattr(m, "gt", None))), open_low=isinstance(m, Gt))
+        elif isinstance(m, (Le, Lt)):
+            bounds.update(high=float(getattr(m, "le", getattr(m, "lt", None))), open_high=isinstance(m, Lt))
+    return ArgInfo(kind, None, help=help, **bounds)
+
+
+def _recipe_args() -> dict[str, str]:
+    from surgery.catalog import _FT_ARGS
+
+    return {name: field for name, (field, _) in _FT_ARGS.items() if name != field}
 
 
 def from_recipe(params: dict) -> dict:
     """A recipe task's arguments as `finetune` keywords: names mapped, whole-number epochs as int.
     `max_examples` caps the training set; the eval set is capped only by `eval_examples`."""
-    out = {RECIPE_ARGS.get(k, k): v for k, v in params.items()}
+    names = _recipe_args()
+    out = {names.get(k, k): v for k, v in params.items()}
     if isinstance(out.get("epochs"), float) and out["epochs"].is_integer():
         out["epochs"] = int(out["epochs"])
     if "limit" in out and "eval_limit" not in out:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from surgery.finetune.loop import autocast, batches
-from surgery.finetune.tasks import Task
+from surgery.finetune.base import Task
 
 
 class TextToText(Task):

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from surgery.errors import SurgeryError
-from surgery.families import layout_of_model, spec_of_model, untie_t5_head
+from surgery.families.build import layout_of_model, spec_of_model, untie_t5_head
 from surgery.ops.growth import OPS, GrowthPlan, parse_op, plan_growth
 from surgery.ops.optim import grow_state, load_optimizer_state, optimizer_state_by_name
 from surgery.spec import ModelSpec

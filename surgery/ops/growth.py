@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from surgery.errors import SurgeryError
+from surgery.growth_rules import growth_problem
 from surgery.families.base import Family, Layout
 from surgery.ops.depth import SELECTIONS, check_layers, deepen, select_layers
 from surgery.ops.entries import Entry, WidthRule
@@ -63,31 +64,12 @@ def parse_op(op: str, options: dict | None = None) -> OpParts:
 
 
 def check_specs(src: ModelSpec, dst: ModelSpec, parts: OpParts) -> None:
-    """Reject growth a user cannot mean, with one sentence each."""
-    if src.family != dst.family:
-        raise SurgeryError(f"cannot grow a {src.family} model into a {dst.family} model")
-    for name in ("vocab", "ff", "head", "max_positions"):
-        if getattr(src, name) != getattr(dst, name):
-            raise SurgeryError(f"growth keeps {name}: source has {getattr(src, name)}, target {getattr(dst, name)}")
-    if src.head_dim != dst.head_dim:
-        raise SurgeryError(f"heads grow as whole heads: the head size must stay {src.head_dim} "
-                           f"(target has d_kv={dst.head_dim}; set heads so that d_model/heads={src.head_dim} or give d_kv)")
-    for name in ("d_model", "heads", "d_ff"):
-        if getattr(dst, name) < getattr(src, name):
-            raise SurgeryError(f"growth cannot shrink {name} ({getattr(src, name)} -> {getattr(dst, name)})")
-    for i, (a, b) in enumerate(zip(src.stacks, dst.stacks)):
-        if b < a:
-            which = ("decoder " if i else "encoder ") if len(src.stacks) > 1 else ""
-            raise SurgeryError(f"growth cannot shrink {which}depth ({a} -> {b} layers)")
-    if dst.n_kv_heads < src.n_kv_heads or dst.group_size < src.group_size:
-        raise SurgeryError(
-            f"grouped-query attention grows by whole kv groups: kv_heads ({src.n_kv_heads} -> {dst.n_kv_heads}) "
-            f"and query heads per kv head ({src.group_size} -> {dst.group_size}) may only grow")
-    widens, deepens = not same_width(src, dst), src.stacks != dst.stacks
-    if widens and parts.width is None:
-        raise SurgeryError("d changes depth only: the target is wider, use a combined op (df, da or dl)")
-    if deepens and not parts.depth:
-        raise SurgeryError(f"{parts.width} changes width only: the target is deeper, use d{parts.width}")
+    """Reject growth a user cannot mean, with one sentence each: the plan's rules
+    (surgery/growth_rules.py), so `surgery grow` refuses exactly what `surgery plan` refuses."""
+    problem = growth_problem(src, dst, depth=parts.depth, width=parts.width is not None,
+                             op=("d" if parts.depth else "") + (parts.width or ""))
+    if problem is not None:
+        raise SurgeryError(problem[0])
 
 
 @dataclass

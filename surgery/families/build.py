@@ -1,0 +1,114 @@
+"""The torch side of the family descriptors: build a model from a spec, tell the family, layout and
+spec of a model or a checkpoint. Everything family-specific comes from the descriptor.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+import torch
+
+from surgery.errors import SurgeryError
+from surgery.families import FAMILIES, Family, Layout, family_of_class
+from surgery.spec import ModelSpec
+
+
+def _hook(path: str) -> Callable:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def untie_t5_head(model, weight: torch.Tensor | None = None) -> None:
+    """Give a T5ForConditionalGeneration its own lm_head.weight.
+
+    transformers 5 ties lm_head to shared whenever it builds from a config; dropping the pair from
+    `all_tied_weights_keys` is what its loader does when a checkpoint carries a different head, so
+    save_pretrained then keeps both tensors and from_pretrained loads them untied.
+    """
+    getattr(model, "all_tied_weights_keys", {}).pop("lm_head.weight", None)
+    if weight is None:
+        weight = torch.empty_like(model.shared.weight).normal_(0.0, model.config.initializer_factor)
+    model.lm_head.weight = torch.nn.Parameter(weight.detach().clone())
+
+
+def untie_t5_head_if_asked(model, spec: ModelSpec):
+    if spec.head == "untied":
+        untie_t5_head(model)
+    return model
+
+
+def build_model(spec: ModelSpec, seed: int = 0, **config_overrides):
+    """A freshly initialised pretraining model of `spec` (the family's model_class, its quirks
+    applied: an untied T5 head really untied, ALBERT's shared blocks tied)."""
+    import transformers
+
+    family = spec.descriptor
+    config = getattr(transformers, family.config_class)(**{**spec.hf_config(), **config_overrides})
+    torch.manual_seed(seed)
+    model = getattr(transformers, family.model_class)(config)
+    if family.after_build:
+        model = _hook(family.after_build)(model, spec)
+    return model
+
+
+def _is_untied(model) -> bool:
+    head = getattr(model, "lm_head", None)
+    weight = getattr(head, "weight", None)
+    return weight is not None and weight.data_ptr() != model.get_input_embeddings().weight.data_ptr()
+
+
+def _family_of_model(model) -> Family:
+    cls = type(model).__name__
+    family = family_of_class(cls)
+    if family is None or not family.has_view:
+        known = [c for f in FAMILIES.values() if f.has_view for c in f.classes]
+        raise SurgeryError(f"unsupported model class {cls} (supported: {', '.join(known)})")
+    return family
+
+
+def layout_of_model(model) -> tuple[Family, Layout]:
+    family = _family_of_model(model)
+    layout = family.layout_of(type(model).__name__, set(model.state_dict()))
+    if family.untied_head_in is not None and _is_untied(model):
+        layout = Layout(**{**layout.__dict__, "untied_head": True})
+    return family, layout
+
+
+def spec_of_model(model) -> ModelSpec:
+    spec = ModelSpec.from_hf_config(model.config.to_dict())
+    if spec.descriptor.untied_head_in is not None:
+        spec = spec.model_copy(update={"head": "untied" if _is_untied(model) else
+                                       ("tied" if spec.head == "untied" else spec.head)})
+    return spec
+
+
+def layout_of_checkpoint(config: dict, names: set[str], get: Callable[[str], torch.Tensor]) -> tuple[Family, Layout, ModelSpec]:
+    """Family, layout and spec of a checkpoint from its config.json and tensor names."""
+    archs = config.get("architectures") or []
+    model_type = config.get("model_type")
+    growable = {n: f for n, f in FAMILIES.items() if f.has_view}
+    if model_type not in growable:
+        raise SurgeryError(f"unsupported architecture {model_type!r} (supported: {', '.join(growable)})")
+    family = growable[model_type]
+    cls = next((a for a in archs if family_of_class(a) is not None), None)
+    if cls is None:
+        if archs:
+            known = [c for f in growable.values() for c in f.classes]
+            raise SurgeryError(f"unsupported architecture {archs[0]} (supported: {', '.join(known)})")
+        cls = family.class_of(names)
+    if family_of_class(cls) is not family:
+        raise SurgeryError(f"config.json says model_type {model_type!r} but architectures {cls}")
+    try:
+        spec = ModelSpec.from_hf_config(config)
+    except (ValueError, KeyError) as err:
+        raise SurgeryError(f"config.json does not describe a usable {model_type} model: {err}") from None
+    layout = family.layout_of(cls, names)
+    if family.untied_head_in is not None:
+        untied = family.untied_head_in(names, get)
+        if spec.head == "untied" and not untied:
+            raise SurgeryError("config.json says tie_word_embeddings=false but the checkpoint has no lm_head.weight")
+        layout = Layout(**{**layout.__dict__, "untied_head": untied})
+        if untied:
+            spec = spec.model_copy(update={"head": "untied"})
+    return family, layout, spec

@@ -84,7 +84,7 @@ class Trainer:
         corpus = resolve_corpus(s.corpus, self.corpus_base)
         val_seed = s.seed if s.val_seed is None else s.val_seed
         train_docs, valid_docs = load_documents(corpus, seed=val_seed, val_fraction=s.val_fraction, max_docs=s.corpus_docs)
-        self.tokenizer = get_tokenizer(corpus, train_docs, "bert" if self.family == "albert" else self.family, self.vocab)
+        self.tokenizer = get_tokenizer(corpus, train_docs, self.family, self.vocab)
         if len(self.tokenizer) > self.vocab:
             raise SurgeryError(f"tokenizer has {len(self.tokenizer)} tokens, more than the model's vocab={self.vocab}")
         try:

@@ -8,24 +8,12 @@ import os
 import random
 from pathlib import Path
 
+from surgery.families import FAMILIES
 from surgery.train.corpus import Corpus
 
 # T5 needs sentinels for span corruption; a tiny vocabulary cannot spare T5's usual 100.
 MAX_SENTINELS = 100
 
-SPECIALS = {
-    "t5": {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"},
-    "bert": {
-        "pad_token": "[PAD]",
-        "unk_token": "[UNK]",
-        "cls_token": "[CLS]",
-        "sep_token": "[SEP]",
-        "mask_token": "[MASK]",
-    },
-    # Decoder-only: documents are joined with the end-of-text token; <pad> exists for batching.
-    "gpt2": {"pad_token": "<pad>", "eos_token": "<|endoftext|>", "unk_token": "<unk>"},
-    "llama": {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
-}
 
 
 def n_sentinels(vocab: int) -> int:
@@ -58,7 +46,9 @@ def get_tokenizer(corpus: Corpus, docs: list[str], family: str, vocab: int, max_
 
     # The documents themselves are part of the key: `corpus(..., docs=N)` trains on fewer of them.
     seen = f"{len(docs)}:{sum(map(len, docs))}"
-    key = hashlib.sha256(f"{corpus.fingerprint()}:{seen}:{family}:{vocab}:{max_chars}:v1".encode()).hexdigest()[:16]
+    # the family's tokenizer description, not its name: ALBERT shares BERT's tokenizer
+    info = FAMILIES[family].tokenizer
+    key = hashlib.sha256(f"{corpus.fingerprint()}:{seen}:{info!r}:{vocab}:{max_chars}:v1".encode()).hexdigest()[:16]
     folder = cache_dir() / "tokenizers" / f"{corpus.name}-{family}-{vocab}-{key}"
     if not (folder / "tokenizer.json").exists():
         tok = train_tokenizer(_sample(docs, max_chars, seed=0), family, vocab)
@@ -75,9 +65,10 @@ def train_tokenizer(docs: list[str], family: str, vocab: int):
     from tokenizers.processors import TemplateProcessing
     from transformers import PreTrainedTokenizerFast
 
-    specials = SPECIALS[family]
-    extra = [f"<extra_id_{i}>" for i in range(n_sentinels(vocab))] if family == "t5" else []
-    ordered = list(specials.values()) + extra
+    info = FAMILIES[family].tokenizer
+    specials = info.specials
+    extra = [f"<extra_id_{i}>" for i in range(n_sentinels(vocab))] if info.sentinels else []
+    ordered = list(dict.fromkeys(specials.values())) + extra
     sp = SentencePieceUnigramTokenizer()
     sp.train_from_iterator(
         docs,
@@ -87,22 +78,10 @@ def train_tokenizer(docs: list[str], family: str, vocab: int):
         show_progress=False,
     )
     backend = sp._tokenizer
-    ids = {t: backend.token_to_id(t) for t in ordered}
-    if family == "t5":
-        backend.post_processor = TemplateProcessing(
-            single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", ids["</s>"])]
-        )
-    elif family in ("gpt2", "llama"):
-        eos = specials["eos_token"]  # causal LM: a text ends with end-of-text
-        backend.post_processor = TemplateProcessing(single=f"$A {eos}", pair=f"$A {eos} $B {eos}",
-                                                    special_tokens=[(eos, ids[eos])])
-    else:
-        backend.post_processor = TemplateProcessing(
-            single="[CLS] $A [SEP]",
-            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-            special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])],
-        )
-    inputs = ["input_ids", "attention_mask"] if family != "bert" else ["input_ids", "token_type_ids", "attention_mask"]
+    template = set(info.single.split() + info.pair.replace(":1", "").split())
+    backend.post_processor = TemplateProcessing(single=info.single, pair=info.pair,
+                                                special_tokens=[(t, backend.token_to_id(t)) for t in ordered if t in template])
+    inputs = ["input_ids", "token_type_ids", "attention_mask"] if info.token_type_ids else ["input_ids", "attention_mask"]
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, additional_special_tokens=extra or None, model_input_names=inputs, **specials
     )

@@ -4,30 +4,23 @@ from __future__ import annotations
 
 import torch
 
-from surgery.families import build_model
+from surgery.families import FAMILIES
+from surgery.families.build import build_model
 from surgery.spec import ModelSpec
 
 VOCAB = 101
-NO_DROPOUT = {
-    "t5": {"dropout_rate": 0.0},
-    "bert": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
-    "gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
-    "llama": {},
-}
 
 
 def spec(family: str, **dims) -> ModelSpec:
-    base = dict(t5=dict(layers=2, decoder_layers=2, d_model=16, heads=4, d_ff=32),
-                bert=dict(layers=2, d_model=16, heads=4, d_ff=64),
-                gpt2=dict(layers=2, d_model=16, heads=4, d_ff=32, max_positions=32),
-                llama=dict(layers=2, d_model=16, heads=4, kv_heads=2, d_ff=32, max_positions=64))[family]
-    return ModelSpec(family=family, vocab=VOCAB, **{**base, **dims})
+    """The family's tiny model (its descriptor's `tiny`), with `dims` (ModelSpec fields) changed."""
+    base = ModelSpec.of(family, vocab=VOCAB, **FAMILIES[family].tiny)
+    return ModelSpec(**{**base.model_dump(), **dims})
 
 
 def model(s: ModelSpec, seed: int = 0):
     """A tiny model whose norms and biases are not at their init values (ones / zeros), so that
     exactness tests see LayerNorm/RMSNorm gains and shifts that matter."""
-    m = build_model(s, seed=seed, **NO_DROPOUT[s.family]).eval()
+    m = build_model(s, seed=seed, **s.descriptor.no_dropout).eval()
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in m.named_parameters():

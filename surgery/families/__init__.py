@@ -4,20 +4,34 @@ Torch-free: `surgery plan` reads descriptors. What builds or reads `transformers
 `surgery.families.build` (`build_model`, `layout_of_model`, `layout_of_checkpoint`, ...); those names
 are also reachable here, imported on first use, so planning never pays for torch.
 
-Adding a family is adding its module and one line to `FAMILIES` below (docs/families.md).
+Adding a family is adding its module: every module here that defines a `Family` named like the
+module is registered (docs/families.md).
 """
 
 from __future__ import annotations
 
-from surgery.errors import SurgeryError
-from surgery.families.albert import ALBERT
-from surgery.families.base import Family, Layout, Template, TokenizerInfo
-from surgery.families.bert import BERT
-from surgery.families.gpt2 import GPT2
-from surgery.families.llama import LLAMA
-from surgery.families.t5 import T5
+import importlib
+import pkgutil
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (T5, BERT, ALBERT, GPT2, LLAMA)}
+from surgery.errors import SurgeryError
+from surgery.families.base import Family, Layout, Template, TokenizerInfo
+
+_NOT_FAMILIES = {"base", "build"}
+
+
+def _discover() -> dict[str, Family]:
+    found: dict[str, Family] = {}
+    for info in pkgutil.iter_modules(__path__):  # sorted by file name: a stable order
+        if info.name in _NOT_FAMILIES:
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for value in vars(module).values():
+            if isinstance(value, Family) and value.name == info.name:
+                found[value.name] = value
+    return found
+
+
+FAMILIES: dict[str, Family] = _discover()
 
 __all__ = ["FAMILIES", "Family", "Layout", "Template", "TokenizerInfo", "family_of", "family_names",
            "families_of_kind", "family_of_class"]

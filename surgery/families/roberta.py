@@ -1,0 +1,114 @@
+"""RoBERTa (RobertaForMaskedLM): BERT's post-LayerNorm encoder with RoBERTa's conventions; the
+family of the standard Korean baselines (KLUE RoBERTa).
+
+Quirks the view records:
+- positions are offset by the padding index: transformers numbers non-pad tokens from
+  pad_token_id + 1, so the position table has `max_positions + 2` rows (514 for 512) and the
+  tokenizer's <pad> must be id 1 (its special tokens are in RoBERTa's order: <s> <pad> </s> <unk>);
+- one token type (`type_vocab_size=1`), no segment ids;
+- the MLM head is `lm_head` (dense -> gelu -> layer_norm -> decoder tied to the word embeddings),
+  whose layer_norm feeds the tied decoder: HEAD_NORM, as BERT's;
+- the blocks are BERT's under the `roberta.` prefix.
+"""
+
+from __future__ import annotations
+
+from surgery.families.base import MAX_POSITIONS, Family, Layout, Template, TokenizerInfo, common_args
+from surgery.families.bert import ODD_SPLIT_ACTS, _linear, _norm, block_templates
+from surgery.view import Kind, Role, axes
+
+M, V = Kind.MODEL, Kind.VOCAB
+KEEP, OUT = Role.KEEP, Role.OUT
+PAD_ID = 1  # RoBERTa's padding index; positions start after it
+
+
+def global_templates(spec, layout: Layout) -> list[Template]:
+    p = layout.prefix
+    tied = ("lm_head.decoder.weight",) if layout.has_mlm_head else ()
+    ts = [
+        Template("embed.tok", f"{p}embeddings.word_embeddings.weight", axes((V, KEEP), (M, OUT)), tied),
+        Template("embed.pos", f"{p}embeddings.position_embeddings.weight", axes((Kind.POS, KEEP), (M, OUT))),
+        Template("embed.type", f"{p}embeddings.token_type_embeddings.weight", axes((Kind.TYPE, KEEP), (M, OUT))),
+        *_norm("embed.norm", f"{p}embeddings.LayerNorm"),
+    ]
+    if layout.has_pooler:
+        ts += _linear("pooler", f"{p}pooler.dense", M, M)
+    if layout.has_mlm_head:
+        ts += _linear("head.transform", "lm_head.dense", M, M)
+        ts += _norm("head.norm", "lm_head.layer_norm", Role.HEAD_NORM, Role.HEAD_NORM_BIAS)
+        ts.append(Template("head.bias", "lm_head.bias", axes((V, KEEP)), ("lm_head.decoder.bias",)))
+    return ts
+
+
+def hf_config(spec) -> dict:
+    return {
+        "vocab_size": spec.vocab,
+        "hidden_size": spec.d_model,
+        "num_hidden_layers": spec.layers,
+        "num_attention_heads": spec.heads,
+        "intermediate_size": spec.d_ff,
+        "max_position_embeddings": spec.max_positions + PAD_ID + 1,
+        "type_vocab_size": 1,
+        "pad_token_id": PAD_ID,
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+    }
+
+
+def spec_fields(config: dict) -> dict:
+    pad = config.get("pad_token_id", PAD_ID)
+    return dict(
+        layers=config["num_hidden_layers"],
+        d_model=config["hidden_size"],
+        heads=config["num_attention_heads"],
+        d_ff=config["intermediate_size"],
+        vocab=config["vocab_size"],
+        max_positions=config.get("max_position_embeddings", 514) - pad - 1,
+    )
+
+
+def layout_of(cls: str, names: set[str]) -> Layout:
+    if names:
+        prefix = "roberta." if any(n.startswith("roberta.") for n in names) else ""
+        return Layout(cls, prefix=prefix, has_pooler=f"{prefix}pooler.dense.weight" in names,
+                      has_mlm_head="lm_head.dense.weight" in names)
+    bare = cls == "RobertaModel"
+    return Layout(cls, prefix="" if bare else "roberta.", has_pooler=bare, has_mlm_head=not bare)
+
+
+ROBERTA = Family(
+    name="roberta",
+    kind="encoder",
+    summary="RoBERTa (RobertaForMaskedLM): BERT's encoder with positions offset by the padding index, one token type",
+    args=common_args(max_positions=MAX_POSITIONS),
+    config_class="RobertaConfig",
+    model_class="RobertaForMaskedLM",
+    classes={"RobertaForMaskedLM": "mlm", "RobertaModel": ""},
+    hf_config=hf_config,
+    spec_fields=spec_fields,
+    default_objective="mlm",
+    tokenizer=TokenizerInfo(
+        specials={"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
+                  "mask_token": "<mask>", "cls_token": "<s>", "sep_token": "</s>"},
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+    ),
+    no_dropout={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+    tiny=dict(layers=2, d_model=16, heads=4, d_ff=64, max_positions=32),
+    json_fields=lambda spec: {"max_positions": spec.max_positions},
+    growth_keeps=("max_positions",),
+    norm="ln",
+    norm_position="post",
+    eps_key="layer_norm_eps",
+    stacks=("enc",),
+    dim_keys=("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers"),
+    global_templates=global_templates,
+    block_templates=block_templates,
+    extra_dims=lambda config: {Kind.POS: config.get("max_position_embeddings", 514),
+                               Kind.TYPE: config.get("type_vocab_size", 1)},
+    layout_of=layout_of,
+    head_note=lambda spec: "decoder tied",
+    passthrough=(r"^(roberta\.)?embeddings\.(position_ids|token_type_ids)$",),
+    odd_split_acts=ODD_SPLIT_ACTS,
+    act_key="hidden_act",
+)

@@ -102,7 +102,7 @@ def validate(spec) -> None:
 DECODER_ARGS = dict(
     kv_heads=ArgInfo("int", None, help="key/value heads (grouped-query attention; default heads)", low=0, open_low=True),
     d_kv=ArgInfo("int", None, help="head size (default d_model/heads)", low=0, open_low=True),
-    tie=ArgInfo("bool", False, help="tie the LM head to the token embedding"),
+    tie=ArgInfo("bool", True, help="tie the LM head to the token embedding"),
     max_positions=ArgInfo("int", 2048, help="rotary context length (no parameters)", low=0, open_low=True),
 )
 TOKENIZER = TokenizerInfo(

@@ -134,3 +134,27 @@ def suggest(word, options) -> str:
     if close:
         return f"; did you mean {close[0]!r}?"
     return f" (known: {', '.join(options)})" if len(options) <= 12 else ""
+
+
+def field_arg(field, help: str = "") -> ArgInfo:
+    """A pydantic field as an argument: its kind (int, float, or a choice of its Literal values)
+    and its bounds (ge/gt/le/lt), so that a recipe is refused exactly where the model would be."""
+    import typing
+
+    from annotated_types import Ge, Gt, Le, Lt
+
+    args = [a for a in typing.get_args(field.annotation) if a is not type(None)] or [field.annotation]
+    literal = [v for a in args if typing.get_origin(a) is typing.Literal for v in typing.get_args(a)]
+    if typing.get_origin(field.annotation) is typing.Literal:
+        literal = list(typing.get_args(field.annotation))
+    default = None if field.is_required() else field.default
+    if literal:
+        return ArgInfo("choice", default, tuple(literal), help or field.description or "")
+    kind = "int" if int in args else "float"
+    bounds: dict = {}
+    for m in field.metadata:
+        if isinstance(m, (Ge, Gt)):
+            bounds.update(low=float(m.ge if isinstance(m, Ge) else m.gt), open_low=isinstance(m, Gt))
+        elif isinstance(m, (Le, Lt)):
+            bounds.update(high=float(m.le if isinstance(m, Le) else m.lt), open_high=isinstance(m, Lt))
+    return ArgInfo(kind, default, help=help or field.description or "", **bounds)

@@ -192,7 +192,8 @@ _FT_ARGS = {
 
 
 def _task_args() -> dict[str, ArgInfo]:
-    from surgery.finetune.params import FinetuneParams, field_arg
+    from surgery.args import field_arg
+    from surgery.finetune.params import FinetuneParams
 
     return {name: field_arg(FinetuneParams.model_fields[f], help) for name, (f, help) in _FT_ARGS.items()}
 

@@ -1,181 +1,20 @@
-"""`surgery plan`: show a recipe's plan as tables (rich) or as one JSON object.
-
-Stage costs use 6 * params * tokens, tokens = steps * batch_size * grad_accum * seq_len. Epochs
-become steps only through `steps_per_epoch` (the data decides the real count at run time); without
-it a stage shows FLOPs per token instead of a total.
-"""
+"""`surgery plan`: show a recipe's plan as tables (rich) or as one JSON object (the cost model is
+surgery/plan/cost.py, the JSON surgery/plan/export.py)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from surgery.plan import GrowStage, Plan, Point, TrainStage, plan_file
-from surgery.shapes import flops_per_token, human, human_bytes, shape_changes, tensor_groups, train_memory_bytes
-
-FLOPS_ASSUMPTION = (
-    "FLOPs = 6 x params x tokens, tokens = steps x batch_size x grad_accum x seq_len "
-    "(every parameter counted against every token, a shared ALBERT weight once per layer using it; "
-    "an upper estimate for encoder-decoders); a distillation stage adds its teacher's forward passes "
-    "(2 x teacher params per token; twice, plus the tutor's training, for Tutor-KD)"
+from surgery.plan import Plan, TrainStage, plan_file
+from surgery.plan.cost import FLOPS_ASSUMPTION, baseline_flops, stage_cost
+from surgery.plan.export import plan_json
+from surgery.shapes import (
+    human,
+    human_bytes,
+    shape_changes,
+    train_memory_bytes,
 )
-
-
-@dataclass(frozen=True)
-class StageCost:
-    length: Point | None  # None when start and end cannot be put in one unit
-    steps: float | None
-    tokens: float | None
-    flops_per_token: int
-    flops: float | None
-
-
-def stage_length(plan: Plan, stage: TrainStage) -> Point | None:
-    end = stage.end or plan.train.budget
-    start = stage.start
-    if start.unit == end.unit:
-        return Point(value=max(end.value - start.value, 0.0), unit=end.unit)
-    spe = plan.train.steps_per_epoch
-    a, b = start.steps(spe), end.steps(spe)
-    if a is None or b is None:
-        return None
-    return Point(value=max(b - a, 0.0), unit="steps")
-
-
-def distillation_flops_per_token(plan: Plan, stage: TrainStage) -> int:
-    """What a distillation stage adds to its student's training: the frozen teacher's forward
-    passes (2 x params per token; Tutor-KD runs it on the masked and on the pseudo sample) and,
-    for Tutor-KD, the tutor's own training (built as surgery.distillation.Tutor sizes it)."""
-    i = plan.stages.index(stage)
-    grow = plan.stages[i - 1] if i > 0 else None
-    if not isinstance(grow, GrowStage) or grow.op != "distil":
-        return 0
-    teacher, student = plan.models[grow.from_model], plan.models[grow.to_model]
-    forward = flops_per_token(teacher) // 3  # 2 of the 6 per parameter
-    extra = forward
-    if grow.args.get("style") == "tutor":
-        head_dim = teacher.d_model // teacher.heads
-        g = max(head_dim, round(teacher.d_model * grow.args["tutor"] / head_dim) * head_dim)
-        tutor = student.model_copy(update={"d_model": g, "heads": g // head_dim, "d_ff": max(1, round(teacher.d_ff * g / teacher.d_model))})
-        extra += forward + flops_per_token(tutor)
-    return extra
-
-
-def stage_cost(plan: Plan, stage: TrainStage) -> StageCost:
-    length = stage_length(plan, stage)
-    per_token = flops_per_token(plan.models[stage.model]) + distillation_flops_per_token(plan, stage)
-    steps = length.steps(plan.train.steps_per_epoch) if length else None
-    tokens = steps * plan.train.tokens_per_step if steps is not None else None
-    return StageCost(length, steps, tokens, per_token, per_token * tokens if tokens is not None else None)
-
-
-def baseline_flops(plan: Plan) -> float | None:
-    """Training the final model from scratch for the whole budget, the paper's 'Base' row."""
-    steps = plan.train.budget.steps(plan.train.steps_per_epoch)
-    if steps is None:
-        return None
-    return flops_per_token(plan.models[plan.final_model]) * steps * plan.train.tokens_per_step
-
-
-def model_json(plan: Plan, name: str) -> dict[str, Any]:
-    spec = plan.models[name]
-    dims: dict[str, Any] = {
-        "family": spec.family,
-        "layers": spec.layers_text() if spec.family == "t5" else spec.layers,
-        "d_model": spec.d_model,
-        "heads": spec.heads,
-        "d_ff": spec.d_ff,
-        "d_kv": spec.head_dim,
-        "vocab": spec.vocab,
-    }
-    if spec.family == "t5":
-        dims.update(ff=spec.ff, head=spec.head)
-    elif spec.family == "llama":
-        dims.update(kv_heads=spec.n_kv_heads, head=spec.head, max_positions=spec.max_positions)
-    else:
-        dims.update(max_positions=spec.max_positions)
-    dims.update(
-        params=spec.params,
-        param_groups={g.name: g.params for g in tensor_groups(spec)},
-        train_memory_bytes=train_memory_bytes(spec),
-        hf_config_class=spec.hf_config_class,
-        hf_model_class=spec.hf_model_class,
-        hf_config=spec.hf_config(),
-        pretrained=plan.checkpoints.get(name),
-    )
-    return dims
-
-
-def plan_json(plan: Plan) -> dict[str, Any]:
-    """The `--json` object: models by name, ordered stages with shapes and costs, settings."""
-    stages = []
-    for i, stage in enumerate(plan.stages):
-        if isinstance(stage, TrainStage):
-            cost = stage_cost(plan, stage)
-            stages.append(
-                {
-                    "index": i,
-                    "kind": "train",
-                    "op": "train",
-                    "model": stage.model,
-                    "from": stage.model,
-                    "to": stage.model,
-                    "start": stage.start.model_dump(),
-                    "end": stage.end.model_dump() if stage.end else None,
-                    "until_budget_end": stage.end is None,
-                    "length": cost.length.model_dump() if cost.length else None,
-                    "steps": cost.steps,
-                    "tokens": cost.tokens,
-                    "flops_per_token": cost.flops_per_token,
-                    "flops": cost.flops,
-                    "init_from": stage.init_from,
-                }
-            )
-        else:
-            changes = shape_changes(plan.models[stage.from_model], plan.models[stage.to_model])
-            stages.append(
-                {
-                    "index": i,
-                    "kind": "grow",
-                    "op": stage.op,
-                    "from": stage.from_model,
-                    "to": stage.to_model,
-                    "args": stage.args,
-                    "at": stage.at.model_dump(),
-                    "init": stage.init,
-                    "length": None,
-                    "shapes": [
-                        {"group": c.name, "before": c.before, "after": c.after, "params_before": c.params_before, "params_after": c.params_after}
-                        for c in changes
-                    ],
-                    "params_before": plan.models[stage.from_model].params,
-                    "params_after": plan.models[stage.to_model].params,
-                }
-            )
-    costs = [stage_cost(plan, s) for s in plan.trains]
-    total = sum(c.flops for c in costs) if all(c.flops is not None for c in costs) else None
-    base = baseline_flops(plan)
-    return {
-        "name": plan.name,
-        "file": plan.file,
-        "chain": plan.chain,
-        "final_model": plan.final_model,
-        "models": {name: model_json(plan, name) for name in plan.models},
-        "checkpoints": plan.checkpoints,
-        "stages": stages,
-        "train": plan.train.model_dump(mode="json"),
-        "finetune": [t.model_dump(mode="json") for t in plan.finetune],
-        "cost": {
-            "flops": total,
-            "flops_final_model_whole_budget": base,
-            "ratio": total / base if total is not None and base else None,
-            "assumption": FLOPS_ASSUMPTION,
-            "reuse_note": "a pretrained source's own training is not counted" if plan.checkpoints else None,
-        },
-        "plan": plan.model_dump(mode="json"),
-    }
 
 
 def _fmt_point_range(plan: Plan, stage: TrainStage) -> str:

@@ -75,7 +75,7 @@ CASES = [
     ("no train statement", HEAD + "grow T d@1ep S a@2ep B\n", "4:1", r"no train statement"),
     ("two train statements", GOOD + TRAIN, "6:1", r"only one train statement"),
     ("which model trains", HEAD + TRAIN, "4:1", r"which model trains"),
-    ("bad setting value", GOOD.rstrip() + " batch_size=0\n", "5:40", r"batch_size: Input should be greater than 0"),
+    ("bad setting value", GOOD.rstrip() + " batch_size=0\n", "5:40", r"batch_size must be a positive whole number, got 0"),
     ("bad warmup", GOOD.rstrip() + " optimizer adamw(warmup=6ep)\n", "5:52", r"warmup 6ep is longer than the 5ep budget"),
     ("bad schedule name", GOOD.rstrip() + " optimizer adamw(schedule=cosin)\n", "5:54", r"did you mean 'cosine'"),
     ("unknown op argument", HEAD + "grow T d(selct=interleave)@1ep S a@2ep B\n" + TRAIN, "4:10", r"no argument 'selct'; did you mean 'select'"),

@@ -262,7 +262,7 @@ def test_plan_rejects(chain, train, message):
 
 def test_plan_counts_compressions():
     text = BASE + 'pretrained B = "b"\ngrow B init-factorize F init-share A\ntrain 10steps objective mlm(masking=static, masks=10)\n'
-    from surgery.plan_cli import plan_json
+    from surgery.plan.export import plan_json
 
     out = plan_json(build_plan(parse_recipe(text, file="x.grow")))
     fac, sh = [s for s in out["stages"] if s["kind"] == "grow"]

@@ -240,7 +240,7 @@ def test_task_specific_distillation_from_a_fine_tuned_teacher(tmp_path):
 
 def test_plan_counts_the_teachers_forward_passes():
     from surgery.plan import build_plan
-    from surgery.plan_cli import plan_json
+    from surgery.plan.export import plan_json
     from surgery.recipe import parse_recipe
 
     per_token = {}

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from surgery.cli import app
 from surgery.plan import GrowStage, Point, TrainStage, plan_file
-from surgery.plan_cli import plan_json
+from surgery.plan.export import plan_json
 from surgery.shapes import tensor_groups
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -242,7 +242,7 @@ model W = albert(layers=3, d_model=32, heads=4, d_ff=64, vocab=300, share=all)
 
 
 def _plan(chain: str):
-    from surgery.plan_cli import plan_json
+    from surgery.plan.export import plan_json
 
     return plan_json(build_plan(parse_recipe(BASE + chain + "\ntrain 10steps\n", file="x.grow")))
 

@@ -121,6 +121,7 @@ BERT = Family(
     tokenizer=TOKENIZER,
     no_dropout={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
     tiny=dict(layers=2, d_model=16, heads=4, d_ff=64),
+    json_fields=lambda spec: {"max_positions": spec.max_positions},
     growth_keeps=("max_positions",),
     norm="ln",
     norm_position="post",

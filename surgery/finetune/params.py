@@ -52,23 +52,6 @@ def parse_params(params: dict) -> FinetuneParams:
         raise SurgeryError(f"bad fine-tuning setting: {problems}") from None
 
 
-def field_arg(info, help: str):
-    """A FinetuneParams field as a recipe argument (surgery.args.ArgInfo): its number type and
-    bounds, so that `surgery plan` refuses exactly what fine-tuning would."""
-    from annotated_types import Ge, Gt, Le, Lt
-
-    from surgery.args import ArgInfo
-
-    kind = "int" if "int" in str(info.annotation) else "float"
-    bounds: dict = {}
-    for m in info.metadata:
-        if isinstance(m, (Ge, Gt)):
-            bounds.update(low=float(getattr(m, "ge", getattr(m, "gt", None))), open_low=isinstance(m, Gt))
-        elif isinstance(m, (Le, Lt)):
-            bounds.update(high=float(getattr(m, "le", getattr(m, "lt", None))), open_high=isinstance(m, Lt))
-    return ArgInfo(kind, None, help=help, **bounds)
-
-
 def _recipe_args() -> dict[str, str]:
     from surgery.catalog import _FT_ARGS
 

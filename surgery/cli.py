@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from surgery.errors import SurgeryError
+from surgery.help_text import syntax_help
 
 app = typer.Typer(
     help="Grow transformer language models by recipe: plan, grow, run, fine-tune, report.",
@@ -39,40 +40,7 @@ PLAN_HELP = """Dry run: the typed plan, every stage, every shape change, paramet
 Checks the recipe and prints its plan; a mistake is reported as FILE:LINE:COL with a caret and
 exit status 2. Nothing is loaded or trained (the checkpoint of `pretrained` need not exist yet).
 
-\b
-Recipe syntax (reference: docs/recipes.md; # starts a comment):
-  model T = t5(layers=6+6, d_model=512, heads=8, d_ff=1024)
-      t5: layers=ENC+DEC; d_kv, vocab, ff=relu|gated-gelu,
-      head=tied|tied-unscaled|untied
-  model E = bert(layers=12, d_model=768, heads=12, d_ff=3072)
-      bert, gpt2: layers=N, vocab, max_positions
-  model A = albert(layers=12, d_model=768, heads=12, d_ff=3072,
-                   embedding=128, share=all|attention|ffn|none)
-  model L = llama(layers=8, d_model=512, heads=8, kv_heads=2,
-                  d_ff=1376, tie=false)
-  pretrained T = "runs/T/final"   relative to the recipe's folder
-  grow T d@1ep S a@2ep B          train T to 1ep, d into S, a into B
-  grow T init-da B                init-: grow the pretrained T first
-  train 5ep on corpus("ko-pretrain")    budget: 5ep | 28000steps
-      objective span_corruption(rate=0.15, mean_span=3)   (t5)
-      objective mlm | span(sbo=true) | electra | sop      (bert)
-      optimizer adamw(lr=5e-4, warmup=1%, schedule=linear)
-      until val_loss <= 1.0994    stop at the target loss
-      batch_size=16 seq_len=512 val_every=1000steps seed=0
-      lr_on_grow=continue|rewarm(500steps)
-      optimizer_on_grow=reset|grow
-  train B 5ep ...                 no grow line: the model that trains
-  finetune klue-nli, korquad-ext, korquad-gen, news-summ(epochs=3)
-
-\b
-Growth ops: d depth (stack)   f width (Net2Net FPI)   a width (AKI)
-  l width, exactly lossless    da df dl: depth and width at once
-  d(identity) exact identity layers    d(select=interleave)
-  d[0..5 x4] explicit source layers (t5: d[0..5 x2 + 0..5 x2])
-Compression ops: factorize(E)   share(all|attention|ffn)
-  distil(style=distilbert|tinybert|tutor)
-Points: @2ep, @28000steps, @40% (of the budget), increasing.
-"""
+""" + syntax_help()
 
 
 @app.command(help=PLAN_HELP)

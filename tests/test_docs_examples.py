@@ -43,6 +43,15 @@ def test_plan_help_has_the_syntax():
 
 def test_plan_help_syntax_is_not_rewrapped_on_an_80_column_terminal():
     out = CliRunner().invoke(app, ["plan", "--help"], env={"COLUMNS": "80"}).stdout
-    for line in ("embedding=128, share=all|attention|ffn|none)", "distil(style=distilbert|tinybert|tutor)",
+    for line in ("embedding=128, share=all|attention|ffn|none)", "distil(style=distilbert|tinybert|tutor, select=every-other|first|last)",
                  "optimizer adamw(lr=5e-4, warmup=1%, schedule=linear)", "d[0..5 x4] explicit source layers (t5: d[0..5 x2 + 0..5 x2])"):
         assert line in out, line
+
+
+def test_plan_help_lists_every_registry_entry():
+    from surgery import catalog
+    from surgery.families import FAMILIES
+
+    out = CliRunner().invoke(app, ["plan", "--help"], env={"COLUMNS": "80"}).stdout
+    for name in [*FAMILIES, *catalog.OPS, *catalog.COMPRESS_OPS, *catalog.OBJECTIVES, *catalog.TASKS]:
+        assert f" {name}" in out, name

@@ -218,10 +218,16 @@ def load_model(path):
 
     import transformers
 
+    from surgery.families import FAMILIES
+
     cfg = json.loads((Path(path) / "config.json").read_text())
-    if cfg.get("model_type") == "albert":
-        cls = getattr(transformers, (cfg.get("architectures") or ["AlbertForMaskedLM"])[0])
-        return tie_shared(cls.from_pretrained(str(path)))
+    family = FAMILIES.get(cfg.get("model_type"))
+    if family is not None and not family.has_view:  # no neutral view to stream through: transformers loads it
+        cls = getattr(transformers, (cfg.get("architectures") or [family.model_class])[0])
+        model = cls.from_pretrained(str(path))
+        from surgery.families.build import apply_quirks
+
+        return apply_quirks(model, ModelSpec.from_hf_config(cfg))
     from surgery.io import load_checkpoint
 
     return load_checkpoint(path).model()

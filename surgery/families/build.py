@@ -47,9 +47,13 @@ def build_model(spec: ModelSpec, seed: int = 0, **config_overrides):
     config = getattr(transformers, family.config_class)(**{**spec.hf_config(), **config_overrides})
     torch.manual_seed(seed)
     model = getattr(transformers, family.model_class)(config)
-    if family.after_build:
-        model = _hook(family.after_build)(model, spec)
-    return model
+    return apply_quirks(model, spec)
+
+
+def apply_quirks(model, spec: ModelSpec):
+    """What the family does to a model transformers built or loaded (its `after_build` hook)."""
+    hook = spec.descriptor.after_build
+    return _hook(hook)(model, spec) if hook else model
 
 
 def _is_untied(model) -> bool:

@@ -203,6 +203,7 @@ class TaskInfo:
     kinds: tuple[str, ...]  # model kinds that can do the task
     help: str
     impl: str  # "module:class" of its surgery.finetune.base.Task
+    data: tuple[str, ...] = ()  # the shared data files it reads by default (surgery.finetune.data.SHARED_FILES)
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -211,13 +212,13 @@ class TaskInfo:
 
 TASKS: dict[str, TaskInfo] = {
     "klue-nli": TaskInfo(("encoder", "encoder-decoder"), "KLUE natural language inference (accuracy)",
-                         "surgery.finetune.nli:KlueNli"),
+                         "surgery.finetune.nli:KlueNli", ("klue-nli/train", "klue-nli/dev")),
     "korquad-ext": TaskInfo(("encoder", "encoder-decoder"), "KorQuAD 1.0 extractive QA on the encoder (EM/F1)",
-                            "surgery.finetune.qa_extractive:KorquadExtractive"),
+                            "surgery.finetune.qa_extractive:KorquadExtractive", ("korquad/dev",)),
     "korquad-gen": TaskInfo(("encoder-decoder",), "KorQuAD 1.0 generative QA, encoder-decoder (EM/F1)",
-                            "surgery.finetune.qa_generative:KorquadGenerative"),
+                            "surgery.finetune.qa_generative:KorquadGenerative", ("korquad/dev",)),
     "news-summ": TaskInfo(("encoder-decoder",), "Korean news summarization, encoder-decoder (ROUGE-L F1)",
-                          "surgery.finetune.summarization:NewsSummarization"),
+                          "surgery.finetune.summarization:NewsSummarization", ("kowiki/train", "kowiki/valid", "sci-news")),
 }
 TASK_ARGS = _task_args()
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from surgery.plan import Plan, TrainStage, plan_file
+from surgery.plan import Plan, TrainStage, plan_and_missing
+from surgery.recipe import load_recipe
 from surgery.plan.cost import FLOPS_ASSUMPTION, baseline_flops, stage_cost
 from surgery.plan.export import plan_json
 from surgery.shapes import (
@@ -109,7 +110,11 @@ def _short(v) -> str:
 
 
 def plan_command(recipe: Path, *, json_out: bool = False) -> None:
-    plan = plan_file(recipe)
+    import sys
+
+    plan, missing = plan_and_missing(load_recipe(recipe))
+    for kind, err in missing:  # not an error of the recipe: `surgery run` refuses until they exist
+        print(f"warning: {err}".replace(": error: ", ": ", 1), file=sys.stderr)
     if json_out:
         print(json.dumps(plan_json(plan), indent=2))
         return

@@ -103,7 +103,8 @@ class PretrainedDecl:
     path: str
     path_pos: Pos
     pos: Pos
-
+    hub: bool = False  # hf("org/name"): a model id in the local Hugging Face cache
+    source: "Call | None" = None  # the call as written, when not a plain string
 
 @dataclass(frozen=True)
 class LayerItem:
@@ -300,6 +301,10 @@ class _ToAst(Transformer):
 
     def pretrained_decl(self, meta, children):
         name, path = children
+        if isinstance(path, Call):  # hf("org/name"); the builder checks the call
+            first = path.args[0].value if path.args else None
+            text = first.value if isinstance(first, Str) else ""
+            return PretrainedDecl(str(name), _pos(name), text, path.pos, _pos(meta), hub=path.name == "hf", source=path)
         return PretrainedDecl(str(name), _pos(name), _unquote(str(path)), _pos(path), _pos(meta))
 
     def layer_item(self, meta, children):

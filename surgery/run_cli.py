@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from surgery.errors import SurgeryError
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "demo.grow"
 
@@ -22,7 +21,7 @@ def default_run_dir(recipe: Path) -> Path:
 
 def run_command(recipe: Path, *, out: Path | None = None, resume: bool = False, dry_run: bool = False,
                 finetune: bool = True, quiet: bool = False, seed: int | None = None) -> dict:
-    from surgery.plan import plan_file
+    from surgery.plan import INPUTS, plan_file
     from surgery.plan_cli import plan_command
 
     if not recipe.exists() and recipe == Path("recipes/demo.grow"):
@@ -30,10 +29,8 @@ def run_command(recipe: Path, *, out: Path | None = None, resume: bool = False, 
     if dry_run:
         plan_command(recipe, json_out=False)
         return {}
-    plan = plan_file(recipe)
-    for model, path in plan.checkpoints.items():
-        if not Path(path).exists():
-            raise SurgeryError(f"pretrained {model} = {path}: no such checkpoint folder (run the recipe that makes it first)")
+    # every file the run reads (corpus, checkpoints, task data) is there before anything is written
+    plan = plan_file(recipe, require_inputs=INPUTS if finetune else INPUTS - {"finetune"})
     from surgery.train.loop import Trainer
     from surgery.train.schedule import compile_plan
 

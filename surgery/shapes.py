@@ -156,9 +156,10 @@ def train_memory_bytes(spec: ModelSpec) -> int:
 
 def human(n: float, unit: str = "") -> str:
     """1234567 -> '1.23M'."""
-    for size, suffix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= size:
-            return f"{n / size:.3g}{suffix}{unit}"
+    for size, suffix in ((1e21, "Z"), (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        # rounded to 3 digits first, so 999.6G reads 1T, never 1e+03G
+        if abs(float(f"{n:.3g}")) >= size:
+            return f"{float(f'{n:.3g}') / size:.3g}{suffix}{unit}"
     return f"{n:.3g}{unit}" if isinstance(n, float) else f"{n}{unit}"
 
 

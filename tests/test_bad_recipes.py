@@ -26,7 +26,7 @@ CASES = [
     ("missing comma in model", "model T = t5(layers=2+2 d_model=32, heads=4, d_ff=64)\n" + TRAIN, "1:25", r"name=value, separated by commas"),
     ("colon instead of =", "model T = t5(layers: 2+2)\n", "1:20", r"name=value"),
     ("chain ends with an op", HEAD + "grow T d@1ep S a@2ep\n" + TRAIN, "5:1", r"chain must end with a model"),
-    ("unquoted checkpoint", HEAD + "pretrained T = runs/T\n", "4:16", r"quoted string"),
+    ("unquoted checkpoint", HEAD + "pretrained T = runs/T\n", "4:20", r"quoted string"),
     ("stop rule without <=", HEAD + GOOD.split(HEAD)[1].rstrip() + " until val_loss 1.5\n", "5:44", r"until val_loss <= NUMBER"),
     ("stray character", HEAD.replace("d_ff=64, vocab=100)\nmodel S", "d_ff=64; vocab=100)\nmodel S"), "1:54", r"unexpected character ';'"),
     ("x instead of + in t5 depth", "model T = t5(layers=6x6)\n", "1:22", r"encoder\+decoder"),

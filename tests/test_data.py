@@ -24,7 +24,7 @@ def test_text_and_jsonl_corpora_split_by_document(tmp_path):
 
 
 def test_bad_corpora_say_what_is_wrong(tmp_path):
-    with pytest.raises(SurgeryError, match="unknown corpus"):
+    with pytest.raises(SurgeryError, match="corpus .*missing.txt.* not found"):
         resolve_corpus(str(tmp_path / "missing.txt"))
     bad = tmp_path / "broken.txt.gz"
     bad.write_bytes(b"this is not gzip data")

@@ -109,7 +109,8 @@ def test_missing_or_corrupt_data_is_one_clear_line(tmp_path):
     recipe = write_recipe(tmp_path)
     (tmp_path / "corpus.txt").unlink()
     result = CliRunner().invoke(app, ["run", str(recipe), "--out", str(tmp_path / "r"), "--quiet"])
-    assert result.exit_code == 2 and "unknown corpus" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and "tiny.grow:6:18: error: corpus 'corpus.txt' not found" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "r").exists()  # refused before writing
     bad = tmp_path / "corpus.txt.gz"
     bad.write_bytes(b"not gzip at all")
     recipe.write_text(recipe.read_text().replace('"corpus.txt"', '"corpus.txt.gz"'))

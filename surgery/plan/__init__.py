@@ -15,7 +15,7 @@ train statement (`settings`), the growth chain (`chain`) and the builder that jo
 (`builder`); argument values go through one coercion (surgery/args.py).
 """
 
-from surgery.plan.builder import build_plan, plan_file
+from surgery.plan.builder import INPUTS, build_plan, plan_and_missing, plan_file
 from surgery.plan.types import (
     FinetuneTask,
     GrowStage,
@@ -31,4 +31,4 @@ from surgery.plan.types import (
 )
 
 __all__ = ["FinetuneTask", "GrowStage", "LrOnGrow", "Objective", "Optimizer", "Plan", "Point", "Stage", "StopRule",
-           "TrainSettings", "TrainStage", "build_plan", "plan_file"]
+           "TrainSettings", "TrainStage", "INPUTS", "build_plan", "plan_and_missing", "plan_file"]

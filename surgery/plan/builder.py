@@ -10,6 +10,7 @@ from surgery import catalog
 from surgery.args import ArgError, ArgInfo, coerce
 from surgery.args import suggest as _suggest
 from surgery.errors import RecipeError
+from surgery.finetune.data import shared_file
 from surgery.plan.chain import ChainPart
 from surgery.plan.common import (
     peek_steps_per_epoch,
@@ -34,10 +35,17 @@ class _Builder(ModelsPart, SettingsPart, ChainPart):
         self.model_pos: dict[str, Pos] = {}
         self.checkpoints: dict[str, str] = {}
         self.checkpoint_pos: dict[str, Pos] = {}
+        self.model_arg_pos: dict[str, dict[str, Pos]] = {}
+        # files the run needs that are not there (yet): `surgery plan` warns, `surgery run` refuses
+        self.missing_inputs: list[tuple[str, RecipeError]] = []  # (kind: corpus|checkpoint|finetune, error)
+        # relative paths (corpora, checkpoints) are taken from the recipe's folder
+        self.base_dir = Path(recipe.file).resolve().parent if not recipe.file.startswith("<") else Path.cwd()
 
     def err(self, message: str, pos: Pos | None) -> RecipeError:
         return self.r.error(message, pos)
 
+    def missing(self, message: str, pos: Pos | None, kind: str = "checkpoint") -> None:
+        self.missing_inputs.append((kind, self.err(message, pos)))
 
     def _coerce(self, key: str, v, info: ArgInfo):
         try:
@@ -63,6 +71,11 @@ class _Builder(ModelsPart, SettingsPart, ChainPart):
             if family not in info.families:
                 kinds = " or ".join(info.kinds)
                 raise self.err(f"{decl.name} needs an {kinds} model ({', '.join(info.families)}); {final} is {family}", decl.pos)
+            for key in info.data:
+                if not shared_file(key).exists():
+                    self.missing(f"{decl.name} needs {shared_file(key)} (set SURGERY_DATA to the shared data folder, "
+                                 "or run with --no-finetune; see docs/finetune.md)", decl.pos, kind="finetune")
+                    break
             params: dict[str, Any] = {}
             for arg in decl.args:
                 if arg.key is None:
@@ -104,11 +117,26 @@ class _Builder(ModelsPart, SettingsPart, ChainPart):
 
 
 # ---- public API -----------------------------------------------------------------------------
-def build_plan(recipe: Recipe) -> Plan:
-    """Validate a parsed recipe and compile it into a Plan. Raises RecipeError."""
-    return _Builder(recipe).build()
+INPUTS = frozenset({"corpus", "checkpoint", "finetune"})
 
 
-def plan_file(path: str | Path) -> Plan:
+def build_plan(recipe: Recipe, require_inputs: frozenset[str] | set[str] = frozenset()) -> Plan:
+    """Validate a parsed recipe and compile it into a Plan. Raises RecipeError; also when an input
+    of a kind in `require_inputs` (corpus, checkpoint, finetune: files the run reads) is missing."""
+    plan, missing = plan_and_missing(recipe)
+    for kind, err in missing:
+        if kind in require_inputs:
+            raise err
+    return plan
+
+
+def plan_and_missing(recipe: Recipe) -> tuple[Plan, list[tuple[str, RecipeError]]]:
+    """The plan and the inputs the run will need that are not there (kind, error at its place)."""
+    builder = _Builder(recipe)
+    plan = builder.build()
+    return plan, builder.missing_inputs
+
+
+def plan_file(path: str | Path, require_inputs: frozenset[str] | set[str] = frozenset()) -> Plan:
     """Parse, validate and compile a .grow file. Raises RecipeError or SurgeryError."""
-    return build_plan(load_recipe(path))
+    return build_plan(load_recipe(path), require_inputs)

@@ -206,6 +206,7 @@ class ChainPart:
         text = [chain.first]
         current, current_pos = chain.first, chain.first_pos
         last_point: Point | None = None
+        last_q = None  # the last point as written
         last_pos: Pos | None = None
         started = False  # has training begun (no more init- ops)
         for step in chain.steps:
@@ -234,8 +235,13 @@ class ChainPart:
                 if at.value == 0:
                     raise self.err(f"{op.name}@0 would grow an untrained model; to grow a pretrained checkpoint write init-{op.name}", op.at.pos)
                 if last_point is not None and compare_points(at, last_point, steps_per_epoch) in (-1, 0):
+                    # the user's own units; a % written against another unit also as what it comes to
+                    now, before = op.at.text(), last_q.text()
+                    if op.at.unit != last_q.unit:
+                        now += f" (= {at.text()})" if op.at.unit == "%" else ""
+                        before += f" (= {last_point.text()})" if last_q.unit == "%" else ""
                     raise self.err(
-                        f"points must increase along the chain: {op.at.text()} is not after {last_point.text()} (line {last_pos.line}, column {last_pos.column})",
+                        f"points must increase along the chain: {now} is not after {before} (line {last_pos.line}, column {last_pos.column})",
                         op.at.pos,
                     )
                 cmp = compare_points(at, budget, steps_per_epoch)
@@ -247,7 +253,7 @@ class ChainPart:
                 stages.append(self._train_stage(current, last_point, at, started, budget))
                 stages.append(GrowStage(op=op.name, args=args, from_model=current, to_model=step.model, at=at))
                 text.append(f"{op.written}@{op.at.text()}")
-                last_point, last_pos = at, op.at.pos
+                last_point, last_pos, last_q = at, op.at.pos, op.at
                 started = True
             text.append(step.model)
             current, current_pos = step.model, step.model_pos

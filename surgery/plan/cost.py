@@ -1,6 +1,7 @@
 """The plan's cost model: each stage's length, steps, tokens and FLOPs, and the baseline.
 
-Stage costs use 6 * params * tokens, tokens = steps * batch_size * grad_accum * seq_len. Epochs
+Stage costs use 6 * params * tokens, tokens = steps * batch_size * grad_accum * the corpus tokens of
+one block (surgery/blocks.py: what the run logs as tokens). Epochs
 become steps only through `steps_per_epoch` (the data decides the real count at run time); without
 it a stage shows FLOPs per token instead of a total. No torch here.
 """
@@ -11,7 +12,8 @@ from surgery.plan import GrowStage, Plan, Point, TrainStage
 from surgery.shapes import flops_per_token
 
 FLOPS_ASSUMPTION = (
-    "FLOPs = 6 x params x tokens, tokens = steps x batch_size x grad_accum x seq_len "
+    "FLOPs = 6 x params x tokens, tokens = steps x batch_size x grad_accum x corpus tokens per block "
+    "(seq_len less the objective's [CLS]/[SEP]; more than seq_len for span corruption) "
     "(every parameter counted against every token, a shared ALBERT weight once per layer using it; "
     "an upper estimate for encoder-decoders); a distillation stage adds its teacher's forward passes "
     "(2 x teacher params per token; twice, plus the tutor's training, for Tutor-KD)"

@@ -11,6 +11,8 @@ from pydantic import (
 
 from surgery import catalog
 from surgery.args import suggest as _suggest
+from surgery.checkpoints import folder_problem, read_config, resolve_hub, tokenizer_size
+from surgery.errors import SurgeryError
 from surgery.families import FAMILIES
 from surgery.plan.common import (
     pydantic_msg,
@@ -79,6 +81,7 @@ class ModelsPart:
             raise self.err(f"model {decl.name}: {pydantic_msg(first)}", pos) from None
         self.models[decl.name] = spec
         self.model_pos[decl.name] = decl.name_pos
+        self.model_arg_pos[decl.name] = where
 
     def _model_value(self, descriptor, key: str, arg: Arg):
         v = arg.value
@@ -106,14 +109,59 @@ class ModelsPart:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def pretrained(self) -> None:
-        base = Path(self.r.file).resolve().parent if not self.r.file.startswith("<") else Path.cwd()
         for decl in self.r.pretrained:
             self.known_model(decl.name, decl.name_pos)
             if decl.name in self.checkpoints:
                 raise self.err(f"model {decl.name} already has a pretrained checkpoint (line {self.checkpoint_pos[decl.name].line})", decl.name_pos)
+            if decl.source is not None and not decl.hub:
+                raise self.err(f'a checkpoint is a quoted path or hf("org/name"), not {decl.source.name}(...)', decl.path_pos)
             if not decl.path.strip():
-                raise self.err("the checkpoint path is empty", decl.path_pos)
-            path = Path(decl.path).expanduser()
-            self.checkpoints[decl.name] = str(path if path.is_absolute() else (base / path).resolve())
+                raise self.err('hf takes the model id as one quoted string: hf("org/name")' if decl.hub
+                               else "the checkpoint path is empty", decl.path_pos)
             self.checkpoint_pos[decl.name] = decl.name_pos
+            if decl.hub:
+                try:
+                    folder = resolve_hub(decl.path)
+                except SurgeryError as err:
+                    self.missing(str(err), decl.path_pos)
+                    self.checkpoints[decl.name] = f"hf:{decl.path}"
+                    continue
+            else:
+                path = Path(decl.path).expanduser()
+                folder = path if path.is_absolute() else (self.base_dir / path).resolve()
+            self.checkpoints[decl.name] = str(folder)
+            problem = folder_problem(folder)
+            if problem:
+                self.missing(problem, decl.path_pos)
+            else:
+                self._check_checkpoint(decl, folder)
 
+    def _check_checkpoint(self, decl, folder: Path) -> None:
+        """The declared model against the checkpoint it starts from: same family and shape; a
+        vocabulary left out of the recipe is the checkpoint's; the tokenizer fits the embeddings."""
+        name = decl.name
+        declared, where = self.models[name], self.model_arg_pos[name]
+        try:
+            actual = ModelSpec.from_hf_config(read_config(folder))
+        except (ValueError, KeyError) as err:
+            raise self.err(f"{folder}: {err}", decl.path_pos) from None
+        if actual.family != declared.family:
+            raise self.err(f"model {name} is {declared.family}, but its checkpoint is {actual.family} ({folder})",
+                           self.model_pos[name])
+        if "vocab" not in where:
+            # one recipe, one tokenizer: every model that leaves vocab out takes the checkpoint's
+            for other, spec in self.models.items():
+                if "vocab" not in self.model_arg_pos[other]:
+                    self.models[other] = spec.model_copy(update={"vocab": actual.vocab})
+            declared = self.models[name]
+        for key in ("layers", "decoder_layers", "d_model", "heads", "d_ff", "vocab", "head_dim", "n_kv_heads"):
+            a, b = getattr(declared, key), getattr(actual, key)
+            if a != b:
+                shown = {"head_dim": "d_kv", "n_kv_heads": "kv_heads", "decoder_layers": "layers"}.get(key, key)
+                raise self.err(f"model {name} says {shown}={a}, but its checkpoint has {b} ({folder}); "
+                               f"declare the checkpoint's size{' (or leave vocab out)' if key == 'vocab' else ''}",
+                               where.get(shown, self.model_pos[name]))
+        size = tokenizer_size(folder)
+        if size is not None and size > actual.vocab:
+            raise self.err(f"the tokenizer in {folder} makes {size} token ids but the checkpoint embeds {actual.vocab}: "
+                           "weights and tokenizer do not belong together", decl.path_pos)

@@ -11,6 +11,7 @@ from pydantic import (
 from surgery import catalog
 from surgery.args import ArgInfo, field_arg
 from surgery.args import suggest as _suggest
+from surgery.errors import SurgeryError
 from surgery.families import FAMILIES
 from surgery.plan.common import (
     compare_points,
@@ -130,6 +131,7 @@ class SettingsPart:
         where["corpus"] = v.pos
         if isinstance(v, Str):
             values["corpus"] = v.value
+            self._check_corpus(v.value, v.pos)
             return
         assert isinstance(v, Call)
         if v.name != "corpus":
@@ -138,6 +140,7 @@ class SettingsPart:
         if len(positional) != 1 or not isinstance(positional[0].value, (Str, Name)):
             raise self.err('corpus(...) takes one name or path, e.g. corpus("ko-pretrain")', v.pos)
         values["corpus"] = positional[0].value.value
+        self._check_corpus(values["corpus"], positional[0].value.pos)
         for arg in v.args:
             if arg.key is None:
                 continue
@@ -147,6 +150,22 @@ class SettingsPart:
                 raise self.err("docs= is a whole number of documents", arg.pos)
             values["corpus_docs"] = arg.value.value
             where["corpus_docs"] = arg.pos
+
+    def _check_corpus(self, name: str, pos) -> None:
+        """A name that is neither a known corpus nor path-like is a mistake; a known corpus or a
+        path that is not there (yet) is an input the run will need (plan warns, run refuses)."""
+        from surgery.train.corpus import KNOWN_CORPORA, resolve_corpus
+
+        try:
+            resolve_corpus(name, self.base_dir)
+        except SurgeryError as err:
+            path_like = "/" in name or "." in name or name in KNOWN_CORPORA
+            if not path_like:
+                raise self.err(f"unknown corpus {name!r}: not {', '.join(map(repr, KNOWN_CORPORA))}, or a path "
+                               f'(write a path with its folder or extension, e.g. "./{name}.txt")'
+                               + (hint if (hint := _suggest(name, KNOWN_CORPORA)).startswith(";") else ""),
+                               pos) from None
+            self.missing(str(err), pos, kind="corpus")
 
     def _until(self, until: Until) -> StopRule:
         if until.metric != "val_loss":

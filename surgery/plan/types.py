@@ -13,6 +13,7 @@ from pydantic import (
 )
 
 from surgery import catalog
+from surgery.blocks import raw_block_len
 from surgery.spec import ModelSpec
 
 
@@ -139,7 +140,8 @@ class TrainSettings(BaseModel):
 
     @property
     def tokens_per_step(self) -> int:
-        return self.batch_size * self.grad_accum * self.seq_len
+        """Corpus tokens one optimizer step reads (what the run logs as tokens)."""
+        return self.batch_size * self.grad_accum * raw_block_len(self.objective.name, self.seq_len, self.objective.params)
 
 
 class FinetuneTask(BaseModel):

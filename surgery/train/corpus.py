@@ -17,6 +17,7 @@ from pathlib import Path
 from surgery.errors import SurgeryError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+KNOWN_CORPORA = ("demo", "ko-pretrain")  # names resolve_corpus knows; anything else is a path
 
 
 def shared_data_dir() -> Path:
@@ -78,7 +79,8 @@ def resolve_corpus(name_or_path: str, base_dir: Path | None = None) -> Corpus:
         if not _is_text_file(path):
             raise SurgeryError(f"corpus {path}: expected .txt, .txt.gz, .jsonl or .jsonl.gz")
         return Corpus(path.stem, (path,))
-    raise SurgeryError(f"unknown corpus {name_or_path!r}: not 'demo', 'ko-pretrain', or an existing path")
+    raise SurgeryError(f"corpus {name_or_path!r} not found: not {', '.join(map(repr, KNOWN_CORPORA))}, or an existing path"
+                       + (f" (looked in {base_dir})" if base_dir is not None and not Path(name_or_path).is_absolute() else ""))
 
 
 def _is_text_file(p: Path) -> bool:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from surgery.blocks import t5_raw_len, t5_span_lengths
+
 IGNORE = -100
 
 
@@ -22,13 +24,6 @@ def _sentinel_ids(tokenizer) -> list[int]:
         if tid is None or tid == tokenizer.unk_token_id:
             return ids
         ids.append(tid)
-
-
-def t5_span_lengths(raw_len: int, rate: float, mean_span: float) -> tuple[int, int, int, int]:
-    """(noise tokens, spans, input length, target length) for one block, as T5 computes them."""
-    noise = max(1, min(raw_len - 1, round(raw_len * rate)))
-    spans = max(1, round(noise / mean_span))
-    return noise, spans, raw_len - noise + spans + 1, noise + spans + 1
 
 
 @dataclass
@@ -46,11 +41,7 @@ class SpanCorruption:
         self.sentinels = _sentinel_ids(self.tokenizer)
         self.eos = self.tokenizer.eos_token_id
         self.pad = self.tokenizer.pad_token_id
-        # Longest raw block whose corrupted form fits seq_len.
-        raw = self.seq_len
-        while t5_span_lengths(raw + 1, self.rate, self.mean_span)[2] <= self.seq_len:
-            raw += 1
-        self.raw_len = raw
+        raw = self.raw_len = t5_raw_len(self.seq_len, self.rate, self.mean_span)
         _, spans, _, self.target_len = t5_span_lengths(raw, self.rate, self.mean_span)
         if spans > len(self.sentinels):
             raise ValueError(f"seq_len {self.seq_len} needs {spans} sentinels; the tokenizer has {len(self.sentinels)}")

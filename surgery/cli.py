@@ -59,6 +59,7 @@ Recipe syntax (reference: docs/recipes.md; # starts a comment):
       optimizer adamw(lr=5e-4, warmup=1%, schedule=linear)
       until val_loss <= 1.0994    stop at the target loss
       batch_size=16 seq_len=512 val_every=1000steps seed=0
+      ckpt_every=1000steps report_to=none|tensorboard|wandb|mlflow
       lr_on_grow=continue|rewarm(500steps)
       optimizer_on_grow=reset|grow
   train B 5ep ...                 no grow line: the model that trains
@@ -93,9 +94,13 @@ def run(
     recipe: Path = typer.Argument(Path("recipes/demo.grow"), help="A .grow recipe (default: the demo)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<recipe name>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run directory's earlier run (finished or "
+                                   "not): its checkpoints, stages, metrics and fine-tuning scores are removed."),
+    report_to: Optional[str] = typer.Option(None, "--report-to", help="Log to a tracker: tensorboard, wandb or mlflow "
+                                            "(offline, under RUN/logs), or none (default: the recipe's report_to)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the plan (same as `surgery plan`)."),
     no_finetune: bool = typer.Option(False, "--no-finetune", help="Stop after pretraining."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars (event lines still print)."),
     seed: Optional[int] = typer.Option(
         None, "--seed", help="Override the recipe's training seed (init, data order, masks); validation batches stay the recipe's."
     ),
@@ -105,7 +110,7 @@ def run(
         from surgery.run_cli import run_command
 
         run_command(recipe, out=out, resume=resume, dry_run=dry_run, finetune=not no_finetune, quiet=quiet,
-                    seed=seed)
+                    seed=seed, overwrite=overwrite, report_to=report_to)
 
 
 @app.command()

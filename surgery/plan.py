@@ -153,6 +153,8 @@ class TrainSettings(BaseModel):
     seq_len: int = Field(128, gt=0)
     grad_accum: int = Field(1, gt=0)
     val_every: int = Field(1000, gt=0)  # steps
+    ckpt_every: int | None = Field(None, gt=0)  # steps; None: at every validation
+    report_to: Literal["none", "tensorboard", "wandb", "mlflow"] = "none"  # surgery run's tracker
     val_fraction: float = Field(0.005, gt=0, lt=1)  # held out when the corpus has no split
     seed: int = Field(0, ge=0)
     steps_per_epoch: int | None = Field(None, gt=0)  # planning only: converts units, FLOPs
@@ -462,6 +464,8 @@ class _Builder:
         "seed": "int",
         "steps_per_epoch": "int",
         "val_every": "steps",
+        "ckpt_every": "steps",
+        "report_to": "choice",
         "val_fraction": "float",
         "lr_on_grow": "lr_on_grow",
         "optimizer_on_grow": "choice",
@@ -469,7 +473,8 @@ class _Builder:
         "packing": "choice",
     }
     SETTING_CHOICES = {"optimizer_on_grow": ("reset", "grow"), "precision": ("auto", "fp32", "bf16", "fp16"),
-                       "packing": ("full-sentences", "doc-sentences")}
+                       "packing": ("full-sentences", "doc-sentences"),
+                       "report_to": ("none", "tensorboard", "wandb", "mlflow")}
     SETTING_ALIASES = {"batch": "batch_size", "bs": "batch_size", "seq_length": "seq_len", "max_len": "seq_len",
                        "gradient_accumulation": "grad_accum", "eval_every": "val_every", "validate_every": "val_every"}
 

@@ -166,6 +166,8 @@ def finetune(
     save_model: bool = typer.Option(False, "--save-model", help="Also save the fine-tuned model (OUT/TASK/model)."),
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="TinyBERT task-specific distillation from this fine-tuned model (or a --save-model output folder): layer losses, then prediction loss."),
     distil_epochs: Optional[int] = typer.Option(None, "--distil-epochs", help="Epochs of the layer-loss phase with --teacher (default: --epochs)."),
+    train_data: Optional[Path] = typer.Option(None, "--train-data", help="The task's training file in the shared data's format (default: ../shared/data)."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="The task's evaluation file (default: ../shared/data)."),
 ):
     """Fine-tune a checkpoint on the study's downstream tasks; scores.json per task, Table 2 average."""
     with user_errors():
@@ -173,7 +175,8 @@ def finetune(
 
         finetune_command(
             checkpoint, task, out, epochs=epochs, limit=limit, batch_size=batch_size, lr=lr, seed=seed, device=device,
-            save_model=save_model or None, teacher=teacher, distil_epochs=distil_epochs,
+            save_model=save_model or None, teacher=teacher, distil_epochs=distil_epochs, train_data=train_data,
+            eval_data=eval_data,
         )
 
 

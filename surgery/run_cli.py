@@ -11,6 +11,7 @@ import os
 import shlex
 import shutil
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from surgery.errors import SurgeryError
@@ -130,8 +131,12 @@ def run_command(recipe: Path, *, out: Path | None = None, resume: bool = False, 
     run_dir = out or default_run_dir(recipe)
     run_dir.mkdir(parents=True, exist_ok=True)
     ui = RunConsole(quiet=quiet)
-    with RunLock(run_dir):
-        check_run_dir(run_dir, recipe, resume=resume, overwrite=overwrite)
+    # Under `accelerate launch` every process runs this; the first one guards and clears the
+    # folder, the others only train beside it.
+    primary = os.environ.get("RANK", "0") in ("0", "")
+    with RunLock(run_dir) if primary else nullcontext():
+        if primary:
+            check_run_dir(run_dir, recipe, resume=resume, overwrite=overwrite)
         trainer = Trainer(segments, settings, run_dir, run_name=plan.name, plan_json=plan.model_dump(mode="json"),
                           resume=resume, quiet=quiet, corpus_base=Path(plan.file).parent, report_to=report_to,
                           console=ui)
@@ -148,8 +153,9 @@ def run_command(recipe: Path, *, out: Path | None = None, resume: bool = False, 
 
             scores = {}
             for task in plan.finetune:
+                # No bars where there is no terminal: a log file gets the score line below instead.
                 scores[task.name] = run_task(run_dir / "final", task.name, run_dir / "finetune" / task.name,
-                                             **from_recipe(task.params))
+                                             **{"progress": ui.bars, **from_recipe(task.params)})
                 shown = ", ".join(f"{k} {v:.2f}" for k, v in scores[task.name].items())
                 ui.line(f"fine-tuned {task.name}: {shown}")
             summary["finetune"] = scores

@@ -307,3 +307,19 @@ def test_report_fits_80_columns_without_cutting_names_or_losses(tmp_path):
     assert "Ext EM" not in done.stdout and "ROUGE-L" not in done.stdout  # empty in every run: left out
     md = (tmp_path / "rep" / "report.md").read_text().splitlines()
     assert md[0].count("|") == 13 and "ROUGE-L" in md[0]  # Markdown keeps all of Table 2's columns
+
+
+def test_ckpt_every_is_a_recipe_setting_the_loop_follows(tmp_path):
+    from surgery.plan import plan_file
+    from surgery.train.loop import Trainer
+    from surgery.train.schedule import compile_plan
+
+    recipe = write_recipe(tmp_path, extra="ckpt_every=3steps")
+    segments, settings = compile_plan(plan_file(recipe))
+    assert settings.ckpt_every == 3 and settings.val_every == 5
+    cut = tmp_path / "cut"
+    Trainer(segments, settings, cut, run_name="t", quiet=True, corpus_base=tmp_path, stop_after_step=7).run()
+    assert (cut / "checkpoints" / "latest").read_text() == "ckpt-00000006"  # 6: a ckpt_every step, not a validation
+    bad = write_recipe(tmp_path, extra="ckpt_every=1ep")
+    done = surgery("plan", str(bad))
+    assert done.returncode == 2 and "ckpt_every is counted in steps" in done.stderr

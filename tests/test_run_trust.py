@@ -128,7 +128,7 @@ def test_sigint_saves_a_checkpoint_a_rerun_is_refused_and_resume_loses_no_step(t
     assert surgery("run", str(recipe), "--out", str(full)).returncode == 0
     proc = subprocess.Popen([sys.executable, "-m", "surgery", "run", str(recipe), "--out", str(cut)], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_step(cut, proc, 18)  # past the last validation checkpoint (15): the stop is mid-interval
+    _wait_for_step(cut, proc, 18)  # a line past 18 (the validation at 20): the stop lands at or after it
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

@@ -61,9 +61,13 @@ def run(
     recipe: Path = typer.Argument(Path("recipes/demo.grow"), help="A .grow recipe (default: the demo)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<recipe name>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run directory's earlier run (finished or "
+                                   "not): its checkpoints, stages, metrics and fine-tuning scores are removed."),
+    report_to: Optional[str] = typer.Option(None, "--report-to", help="Log to a tracker: tensorboard, wandb or mlflow "
+                                            "(offline, under RUN/logs), or none (default: the recipe's report_to)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the plan (same as `surgery plan`)."),
     no_finetune: bool = typer.Option(False, "--no-finetune", help="Stop after pretraining."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars (event lines still print)."),
     seed: Optional[int] = typer.Option(
         None, "--seed", help="Override the recipe's training seed (init, data order, masks); validation batches stay the recipe's."
     ),
@@ -73,7 +77,7 @@ def run(
         from surgery.run_cli import run_command
 
         run_command(recipe, out=out, resume=resume, dry_run=dry_run, finetune=not no_finetune, quiet=quiet,
-                    seed=seed)
+                    seed=seed, overwrite=overwrite, report_to=report_to)
 
 
 @app.command()
@@ -129,6 +133,8 @@ def finetune(
     save_model: bool = typer.Option(False, "--save-model", help="Also save the fine-tuned model (OUT/TASK/model)."),
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="TinyBERT task-specific distillation from this fine-tuned model (or a --save-model output folder): layer losses, then prediction loss."),
     distil_epochs: Optional[int] = typer.Option(None, "--distil-epochs", help="Epochs of the layer-loss phase with --teacher (default: --epochs)."),
+    train_data: Optional[Path] = typer.Option(None, "--train-data", help="The task's training file in the shared data's format (default: ../shared/data)."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="The task's evaluation file (default: ../shared/data)."),
 ):
     """Fine-tune a checkpoint on the study's downstream tasks; scores.json per task, Table 2 average."""
     with user_errors():
@@ -136,7 +142,8 @@ def finetune(
 
         finetune_command(
             checkpoint, task, out, epochs=epochs, limit=limit, batch_size=batch_size, lr=lr, seed=seed, device=device,
-            save_model=save_model or None, teacher=teacher, distil_epochs=distil_epochs,
+            save_model=save_model or None, teacher=teacher, distil_epochs=distil_epochs, train_data=train_data,
+            eval_data=eval_data,
         )
 
 

@@ -28,6 +28,7 @@ Recipe syntax (reference: docs/recipes.md; # starts a comment):
       optimizer adamw(lr=5e-4, warmup=1%, schedule=linear)
       until val_loss <= 1.0994    stop at the target loss
       batch_size=16 seq_len=512 val_every=1000steps seed=0
+      ckpt_every=1000steps report_to=none|tensorboard|wandb|mlflow
       lr_on_grow=continue|rewarm(500steps)
       optimizer_on_grow=reset|grow
   train B 5ep ...                 no grow line: the model that trains

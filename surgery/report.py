@@ -90,9 +90,49 @@ def build_table(runs: list[RunRow], base: str | None) -> tuple[list[str], list[l
     return header, body
 
 
+# Shorter headers for the terminal only (Markdown and CSV keep Table 2's), explained in a caption.
+SHORT = {"Train time (h)": "Time h", "Ratio (/Base)": "Time %B", "Valid loss": "Val loss",
+         "To Base loss (/Base)": "Reach %B", "Avrg. score": "Avg"}
+CAPTION = "%B: percent of the Base run's train time; Reach: time to reach Base's final val loss"
+
+
+def terminal_tables(header: list[str], body: list[list[str]], title: str, width: int) -> list:
+    """The table as it fits `width` columns: columns that are empty in every run are left out, and
+    when the rest is still too wide it is cut into several tables, each led by the Model column.
+    Names and numbers are never cut or wrapped."""
+    from rich import box
+    from rich.console import Console
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    keep = [i for i in range(len(header)) if i == 0 or any(row[i] not in ("-", "") for row in body)]
+
+    def table(cols: list[int], title: str | None) -> Table:
+        t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        for i in cols:
+            name = SHORT.get(header[i], header[i])
+            t.add_column(name, justify="left" if i == 0 else "right", no_wrap=True,
+                         min_width=max([len(name)] + [len(row[i]) for row in body]))
+        for row in body:
+            t.add_row(*(row[i] for i in cols))
+        return t
+
+    def fits(cols: list[int]) -> bool:
+        probe = Console(width=10_000)
+        return Measurement.get(probe, probe.options, table(cols, None)).maximum <= width
+
+    groups, current = [], [0]
+    for i in keep[1:]:
+        if len(current) > 1 and not fits(current + [i]):
+            groups.append(current)
+            current = [0]
+        current.append(i)
+    groups.append(current)
+    return [table(cols, title if n == 0 else None) for n, cols in enumerate(groups)]
+
+
 def write_report(run_dirs: list[Path], out_dir: Path, base: str | None = None, console=None) -> dict[str, Path]:
     from rich.console import Console
-    from rich.table import Table
 
     if not run_dirs:
         raise SurgeryError("name at least one run directory")
@@ -102,12 +142,13 @@ def write_report(run_dirs: list[Path], out_dir: Path, base: str | None = None, c
     header, body = build_table(runs, base)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = Table(title="Runs (Table 2 layout)" + (f", ratios against {base}" if base else ""))
-    for h in header:
-        table.add_column(h, justify="left" if h == "Model" else "right")
-    for row in body:
-        table.add_row(*row)
-    (console or Console()).print(table)
+    title = "Runs (Table 2 layout)" + (f", ratios against {base}" if base else "")
+    console = console or Console()
+    tables = terminal_tables(header, body, title, console.width)
+    for table in tables:
+        console.print(table)
+    if any(c.header in SHORT.values() and c.header.endswith("%B") for t in tables for c in t.columns):
+        console.print(CAPTION)
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(row) + " |" for row in body]
     files = {"markdown": out_dir / "report.md", "csv": out_dir / "report.csv",

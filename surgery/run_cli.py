@@ -1,11 +1,28 @@
-"""`surgery run`: plan, pretrain with growth, fine-tune, and say where everything went."""
+"""`surgery run`: plan, pretrain with growth, fine-tune, and say where everything went.
+
+A run folder is never lost without being asked: one holding an unfinished run is continued with
+`--resume` or replaced with `--overwrite`, a finished one is replaced only with `--overwrite`, and
+two processes never write one folder at once (a lock naming the holder's pid).
+"""
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
+import sys
+from contextlib import nullcontext
 from pathlib import Path
+
+from surgery.errors import SurgeryError
 
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "demo.grow"
+
+# What `surgery run` writes into a run folder; --overwrite removes exactly these.
+RUN_FILES = ("plan.json", "metrics.jsonl", "summary.json", "curves.png", "stages", "final", "checkpoints",
+             "finetune", "logs")
+LOCK = ".surgery-run.lock"
 
 
 def default_run_dir(recipe: Path) -> Path:
@@ -19,8 +36,77 @@ def default_run_dir(recipe: Path) -> Path:
     return Path("runs") / recipe.stem
 
 
+class RunLock:
+    """An exclusive lock on a run folder (filelock: an OS lock the kernel drops when its process
+    dies, so a killed run's lock is taken over). The holder's pid sits beside it for the message."""
+
+    def __init__(self, run_dir: Path):
+        from filelock import FileLock
+
+        self.pid_file = run_dir / (LOCK + ".pid")
+        self.lock = FileLock(run_dir / LOCK, timeout=0)
+
+    def __enter__(self) -> "RunLock":
+        from filelock import Timeout
+
+        try:
+            self.lock.acquire()
+        except Timeout:
+            pid = self.pid_file.read_text().strip() if self.pid_file.exists() else "?"
+            raise SurgeryError(f"{self.pid_file.parent} is in use by another `surgery run` (pid {pid}); "
+                               f"wait for it to end or use another --out") from None
+        self.pid_file.write_text(f"{os.getpid()}\n")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pid_file.unlink(missing_ok=True)
+        self.lock.release()
+
+
+def run_state(run_dir: Path) -> tuple[str, int | None]:
+    """("finished" | "unfinished" | "nothing", the step of its last checkpoint). A run that
+    stopped before its first checkpoint (bad data, a stop during tokenization) has nothing to
+    continue from and nothing worth keeping: "nothing"."""
+    from surgery.train.checkpoint import latest_checkpoint, read_state
+
+    latest = latest_checkpoint(run_dir / "checkpoints")
+    step = read_state(latest)["step"] if latest is not None else None
+    if (run_dir / "summary.json").exists():
+        return "finished", step
+    return ("unfinished" if step is not None else "nothing"), step
+
+
+def command_line(recipe: Path, out: Path, *extra: str) -> str:
+    return shlex.join(["surgery", "run", str(recipe), "--out", str(out), *extra])
+
+
+def check_run_dir(run_dir: Path, recipe: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse what would lose a run; with --overwrite remove everything of the old one."""
+    state, step = run_state(run_dir)
+    if resume and overwrite:
+        raise SurgeryError("--resume and --overwrite contradict each other: choose one")
+    if resume:
+        if step is None:
+            raise SurgeryError(f"--resume: no complete checkpoint in {run_dir / 'checkpoints'}; "
+                               f"run without --resume to start afresh")
+        return
+    if state == "unfinished" and not overwrite:
+        raise SurgeryError(f"{run_dir} holds an unfinished run (stopped at step {step}): continue it with "
+                           f"`{command_line(recipe, run_dir, '--resume')}` or replace it with --overwrite")
+    if state == "finished" and not overwrite:
+        raise SurgeryError(f"{run_dir} holds a finished run: replace it with --overwrite (its checkpoints, "
+                           f"stages and fine-tuning scores are removed) or choose another --out")
+    for name in RUN_FILES:  # overwrite, or nothing worth keeping: no file of the old run stays
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
 def run_command(recipe: Path, *, out: Path | None = None, resume: bool = False, dry_run: bool = False,
-                finetune: bool = True, quiet: bool = False, seed: int | None = None) -> dict:
+                finetune: bool = True, quiet: bool = False, seed: int | None = None, overwrite: bool = False,
+                report_to: str | None = None) -> dict:
     from surgery.plan import INPUTS, plan_file
     from surgery.plan_cli import plan_command
 
@@ -31,7 +117,8 @@ def run_command(recipe: Path, *, out: Path | None = None, resume: bool = False, 
         return {}
     # every file the run reads (corpus, checkpoints, task data) is there before anything is written
     plan = plan_file(recipe, require_inputs=INPUTS if finetune else INPUTS - {"finetune"})
-    from surgery.train.loop import Trainer
+    from surgery.train.console import RunConsole
+    from surgery.train.loop import RunInterrupted, Trainer
     from surgery.train.schedule import compile_plan
 
     segments, settings = compile_plan(plan)
@@ -41,18 +128,35 @@ def run_command(recipe: Path, *, out: Path | None = None, resume: bool = False, 
 
         settings = replace(settings, seed=seed, val_seed=settings.seed if settings.val_seed is None else settings.val_seed)
     run_dir = out or default_run_dir(recipe)
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume and (run_dir / "summary.json").exists():
-        print(f"note: {run_dir} holds an earlier run; it is replaced (use --resume to continue a stopped one)")
-    trainer = Trainer(segments, settings, run_dir, run_name=plan.name, plan_json=plan.model_dump(mode="json"),
-                      resume=resume, quiet=quiet, corpus_base=Path(plan.file).parent)
-    summary = trainer.run()
-    if finetune and plan.finetune:
-        from surgery.finetune import finetune as run_task
-        from surgery.finetune.params import from_recipe
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ui = RunConsole(quiet=quiet)
+    # Under `accelerate launch` every process runs this; the first one guards and clears the
+    # folder, the others only train beside it.
+    primary = os.environ.get("RANK", "0") in ("0", "")
+    with RunLock(run_dir) if primary else nullcontext():
+        if primary:
+            check_run_dir(run_dir, recipe, resume=resume, overwrite=overwrite)
+        trainer = Trainer(segments, settings, run_dir, run_name=plan.name, plan_json=plan.model_dump(mode="json"),
+                          resume=resume, quiet=quiet, corpus_base=Path(plan.file).parent, report_to=report_to,
+                          console=ui)
+        try:
+            summary = trainer.run()
+        except RunInterrupted as stop:
+            saved = "checkpoint saved" if stop.saved else "the checkpoint could not be written (see above)"
+            print(f"interrupted ({stop.signal_name}) at step {stop.step}, {saved}; continue with "
+                  f"`{command_line(recipe, run_dir, '--resume')}`", file=sys.stderr)
+            raise SystemExit(130) from None
+        if finetune and plan.finetune:
+            from surgery.finetune import finetune as run_task
+            from surgery.finetune.params import from_recipe
 
-        scores = {}
-        for task in plan.finetune:
-            scores[task.name] = run_task(run_dir / "final", task.name, run_dir / "finetune" / task.name, **from_recipe(task.params))
-        summary["finetune"] = scores
-    print(f"run directory: {run_dir}  (metrics.jsonl, curves.png, stages/, final/)")
+            scores = {}
+            for task in plan.finetune:
+                # No bars where there is no terminal: a log file gets the score line below instead.
+                scores[task.name] = run_task(run_dir / "final", task.name, run_dir / "finetune" / task.name,
+                                             **{"progress": ui.bars, **from_recipe(task.params)})
+                shown = ", ".join(f"{k} {v:.2f}" for k, v in scores[task.name].items())
+                ui.line(f"fine-tuned {task.name}: {shown}")
+            summary["finetune"] = scores
+    ui.line(f"run directory: {run_dir}  (metrics.jsonl, curves.png, stages/, final/)")
     return summary

@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import processors
+
+from surgery.train.tokenizer import _unigram
 from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
 SENTENCES = [
@@ -39,11 +41,9 @@ BERT_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 def tiny_tokenizer(family: str, vocab_size: int = 400) -> PreTrainedTokenizerFast:
     special = T5_SPECIAL if family == "t5" else BERT_SPECIAL
     unk = "<unk>" if family == "t5" else "[UNK]"
-    tok = Tokenizer(models.Unigram())
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=special, unk_token=unk)
-    tok.train_from_iterator(SENTENCES * 4, trainer=trainer)
+    # surgery's own unigram training: the same vocabulary in every process (tokenizers' trainer
+    # gave a different one per process, so tests that fit a few examples passed or failed by chance).
+    tok = _unigram(SENTENCES * 4, vocab_size, special, unk)
     if family == "t5":
         eos = tok.token_to_id("</s>")
         tok.post_processor = processors.TemplateProcessing(

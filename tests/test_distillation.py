@@ -211,7 +211,7 @@ def test_task_specific_distillation_from_a_fine_tuned_teacher(tmp_path):
                 warmup_ratio=0.0, lr=3e-3)
     from transformers import AutoTokenizer
 
-    teacher = finetune(tiny_checkpoint(tmp_path / "t", "bert"), "klue-nli", tmp_path / "tft", epochs=30,
+    teacher = finetune(tiny_checkpoint(tmp_path / "t", "bert"), "klue-nli", tmp_path / "tft", epochs=60,
                        save_model=True, **data)
     assert teacher["accuracy"] >= 90  # it fits its 16 examples (chance: 33, three labels in turn)
     tok = AutoTokenizer.from_pretrained(tmp_path / "t")  # the teacher's: both read the same ids
@@ -220,17 +220,18 @@ def test_task_specific_distillation_from_a_fine_tuned_teacher(tmp_path):
                                          intermediate_size=32, max_position_embeddings=512, pad_token_id=tok.pad_token_id))
     student.save_pretrained(tmp_path / "s")
     tok.save_pretrained(tmp_path / "s")
-    scores = finetune(tmp_path / "s", "klue-nli", tmp_path / "sft", epochs=20, distil_epochs=10,
+    scores = finetune(tmp_path / "s", "klue-nli", tmp_path / "sft", epochs=40, distil_epochs=20,
                       teacher=tmp_path / "tft", **data)  # the folder --save-model wrote: <task>/model is found
     record = json.loads((tmp_path / "sft" / "scores.json").read_text())
     phases = record["distillation"]["phases"]
-    assert [p["epochs"] for p in phases] == [10, 20] and all(p["steps"] > 0 for p in phases)
+    assert [p["epochs"] for p in phases] == [20, 40] and all(p["steps"] > 0 for p in phases)
     # Neither phase reads the labels, so this is learnt from the teacher alone (chance: 33; measured
-    # 68.75, as the same student fine-tuned on the labels for 30 epochs).
+    # 68.75, as the same student fine-tuned on the labels for 40 epochs). The tokenizer is the same in
+    # every process, so this number is too (it once varied with tokenizers' per-process vocabulary).
     assert scores["accuracy"] >= 60, (teacher, scores)
     other = tmp_path / "other"  # a student with its own tokenizer cannot be distilled
     student.save_pretrained(other)
-    tiny_tokenizer("bert", vocab_size=300).save_pretrained(other)
+    tiny_tokenizer("bert", vocab_size=180).save_pretrained(other)  # fewer pieces: other ids
     with pytest.raises(SurgeryError, match="different tokenizers"):
         finetune(other, "klue-nli", tmp_path / "x", epochs=1, teacher=tmp_path / "tft", **data)
     with pytest.raises(SurgeryError, match="implemented for bert checkpoints on classification"):

@@ -42,7 +42,7 @@ from surgery.recipe import (
 # The train settings a recipe may write (`key=value` after `train`): TrainSettings' fields, less
 # those the statement's clauses set; their kinds, choices and bounds are the fields'.
 _CLAUSE_FIELDS = {"corpus", "corpus_docs", "objective", "budget", "until", "optimizer"}
-_SPECIAL_KINDS = {"val_every": "steps", "lr_on_grow": "lr_on_grow"}
+_SPECIAL_KINDS = {"val_every": "steps", "ckpt_every": "steps", "lr_on_grow": "lr_on_grow"}
 SETTINGS: dict[str, ArgInfo] = {
     name: ArgInfo(_SPECIAL_KINDS[name]) if name in _SPECIAL_KINDS else field_arg(field)
     for name, field in TrainSettings.model_fields.items() if name not in _CLAUSE_FIELDS

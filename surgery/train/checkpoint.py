@@ -43,6 +43,29 @@ def save_checkpoint(root: Path, step: int, model, optimizer, trainer_state: dict
     final = root / f"ckpt-{step:08d}"
     tmp = root / f".ckpt-{step:08d}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(tmp, model, optimizer, trainer_state, aux)
+    except BaseException:
+        # A failed write (disk full, no permission) or a kill mid-write: drop the partial folder,
+        # leave `latest` and the checkpoint it names as they were.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():  # the same step written again (a resumed run): swap, never delete first
+        old = root / f".old-{final.name}.tmp{os.getpid()}"
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+    pointer = root / f".latest.tmp{os.getpid()}"
+    pointer.write_text(final.name)
+    pointer.replace(root / "latest")
+    for old in sorted(root.glob("ckpt-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write(tmp: Path, model, optimizer, trainer_state: dict, aux) -> None:
     tmp.mkdir()
     model.save_pretrained(tmp / "model", safe_serialization=True)
     opt = _flatten(optimizer_state_by_name(optimizer, model))
@@ -58,15 +81,6 @@ def save_checkpoint(root: Path, step: int, model, optimizer, trainer_state: dict
         rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     save_file(rng, tmp / "rng.safetensors")
     (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    pointer = root / f".latest.tmp{os.getpid()}"
-    pointer.write_text(final.name)
-    pointer.replace(root / "latest")
-    for old in sorted(root.glob("ckpt-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -75,6 +89,10 @@ def latest_checkpoint(root: Path) -> Path | None:
         return None
     path = root / pointer.read_text().strip()
     return path if (path / "trainer_state.json").exists() else None
+
+
+def read_state(path: Path) -> dict:
+    return json.loads((path / "trainer_state.json").read_text())
 
 
 def read_checkpoint(path: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:

@@ -8,21 +8,47 @@ checkpoint, so a resumed run ends with the weights an uninterrupted one would.
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import signal
+import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
+from rich.markup import escape
+from safetensors import SafetensorError
 
 from surgery.errors import SurgeryError
 from surgery.train import checkpoint as ckpt
+from surgery.train.console import RunConsole, fmt_loss
 from surgery.train.data import BatchOrder, step_rng, to_blocks, to_doc_blocks, tokenize_documents, validation_batches
 from surgery.train.objectives import default_loss, make_objective
 from surgery.train.schedule import LrCurve, RunSettings, Segment
 from surgery.train.corpus import load_documents, resolve_corpus
 from surgery.train.tokenizer import get_tokenizer
+
+
+def tracker(name: str, out: Path) -> str:
+    """The Accelerate tracker for report_to=NAME, set to write inside the run folder and offline
+    (W&B offline mode, MLflow file store) unless the environment already says otherwise."""
+    import os
+
+    from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
+
+    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available, "mlflow": is_mlflow_available}
+    if name not in available:
+        raise SurgeryError(f"report_to must be one of none, {', '.join(available)}; got {name!r}")
+    if not available[name]():
+        raise SurgeryError(f"report_to={name} needs the {name} package: pip install {name}")
+    if name == "wandb":
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_DIR", str((out / "logs").resolve()))
+    if name == "mlflow":
+        os.environ.setdefault("MLFLOW_TRACKING_URI", (out / "logs" / "mlruns").resolve().as_uri())
+    return name
 
 
 class MetricsLog:
@@ -58,7 +84,8 @@ def make_optimizer(model, s: RunSettings, aux=None):
 class Trainer:
     def __init__(self, segments: list[Segment], settings: RunSettings, out_dir: Path, *,
                  run_name: str, plan_json: dict | None = None, resume: bool = False, quiet: bool = False,
-                 corpus_base: Path | None = None, stop_after_step: int | None = None):
+                 corpus_base: Path | None = None, stop_after_step: int | None = None, report_to: str | None = None,
+                 console: RunConsole | None = None):
         from accelerate import Accelerator
         from transformers.utils import logging as hf_logging
 
@@ -74,7 +101,17 @@ class Trainer:
             precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
         if precision != "no" and not cuda:
             raise SurgeryError(f"precision={settings.precision} needs a GPU; use precision=auto or fp32 on CPU")
-        self.acc = Accelerator(mixed_precision=precision, cpu=not cuda)
+        self.report_to = report_to or settings.report_to
+        log_with = None
+        if self.report_to not in (None, "none"):
+            log_with = tracker(self.report_to, self.out)
+        self.acc = Accelerator(mixed_precision=precision, cpu=not cuda, log_with=log_with,
+                               project_dir=self.out / "logs" if log_with else None)
+        self.ui = console or RunConsole(quiet=quiet)
+        self.val_losses: list[float] = []  # every validation so far, to say what a growth changed
+        self.stage_rows: list[tuple] = []  # the final summary table
+        self.pending_grow = (None, None)
+        self.trackers = False
         self.family = segments[0].spec.family
         self.vocab = segments[0].spec.vocab
 
@@ -125,7 +162,7 @@ class Trainer:
         model = source.model()
         chain = seg.init_chain or (((seg.grow, seg.init_spec, seg.spec),) if seg.grow is not None else ())
         for growth, src_spec, dst_spec in chain:
-            model = self.transform(model, src_spec, dst_spec, growth, self.s.seed if growth.seed is None else growth.seed)
+            model = self.grow(model, src_spec, dst_spec, growth, self.s.seed if growth.seed is None else growth.seed)[0]
         return self.as_objective_class(model)
 
     def transform(self, model, src_spec, dst_spec, growth, seed):
@@ -157,7 +194,7 @@ class Trainer:
 
             teacher = load_checkpoint(seg.init_from).model()
             for growth, src_spec, dst_spec in seg.init_chain[:-1]:
-                teacher = self.transform(teacher, src_spec, dst_spec, growth, self.s.seed if growth.seed is None else growth.seed)
+                teacher = self.grow(teacher, src_spec, dst_spec, growth, self.s.seed if growth.seed is None else growth.seed)[0]
         self.distil = self._distil_loss(teacher, student, seg.grow.options)
 
     def _distil_loss(self, teacher, student, options: dict):
@@ -230,178 +267,361 @@ class Trainer:
         return folder
 
     # -- the run ------------------------------------------------------------------------------
+    # run() reads top to bottom as: data, resume (or a fresh start), then per segment: enter it
+    # (first model, growth, or the resumed model), its steps, its stage folder; then the summary.
+    # Everything a checkpoint must carry besides tensors is the TrainState.
+
     def run(self) -> dict:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        from surgery.ops import grow_model
-
         self.out.mkdir(parents=True, exist_ok=True)
-        if self.plan_json is not None:
+        if self.plan_json is not None and self.acc.is_main_process:
             (self.out / "plan.json").write_text(json.dumps(self.plan_json, indent=1))
-        progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=self.quiet, transient=False,
-        )
-        ckpt_root = self.out / "checkpoints"
-        with progress:
-            self.prepare_data(progress)
+        self.main = self.acc.is_main_process
+        with self.ui, _Signals() as self.signals:
+            self.prepare_data(self.ui.progress)
             spe = self.order.steps_per_epoch
-            bounds = [seg.steps(spe) for seg in self.segments]
-            segments = self.segments
-            total = bounds[-1][1]
-            curve = LrCurve.of(self.s, total, spe)
-            if any(b[1] <= b[0] for b in bounds):
-                raise SurgeryError(f"with {spe} steps per epoch a stage would train for no steps: {bounds}")
-            state = {"segment": 0, "step": 0, "tokens": 0, "wall_s": 0.0, "metrics_lines": 0, "stopped": False}
-            model, opt_state, resumed = None, None, False
-            self.aux, aux_weights, aux_opt = None, None, {}
-            self.distil, self.aux_is_distil = None, False
-            latest = ckpt.latest_checkpoint(ckpt_root) if self.resume else None
-            if self.resume and latest is None and ckpt_root.exists():
-                raise SurgeryError(f"--resume: no complete checkpoint in {ckpt_root}")
-            if latest is not None:
-                state, opt_state, rng = ckpt.read_checkpoint(latest)
-                from surgery.compress import load_model
-
-                model = load_model(latest / "model")
-                aux_weights, aux_opt = ckpt.read_aux(latest)
-                self.restore_teacher(state["segment"], model)
-                resumed = True
-            elif ckpt_root.exists():
-                shutil.rmtree(ckpt_root)
-            metrics = MetricsLog(self.out / "metrics.jsonl", state["metrics_lines"] if resumed else None,
-                                 write=self.acc.is_main_process)
-            t0 = time.perf_counter() - state["wall_s"]
-            task = progress.add_task("train", total=total, completed=state["step"], info="")
-            step = state["step"]
-
-            main = self.acc.is_main_process
-
-            def log(row):
-                if main:
-                    metrics.write({"wall_s": round(time.perf_counter() - t0, 3), **row})
-
-            last_stage = self.stage_dir(segments[state["segment"]], state["segment"])
-
-            for index in range(state["segment"], len(segments)):
-                seg = segments[index]
-                seg_start, seg_end = bounds[index]
-                if state["stopped"]:
+            self.bounds = [seg.steps(spe) for seg in self.segments]
+            if any(end <= start for start, end in self.bounds):
+                raise SurgeryError(f"with {spe} steps per epoch a stage would train for no steps: {self.bounds}")
+            self.total = self.bounds[-1][1]
+            self.curve = LrCurve.of(self.s, self.total, spe)
+            self.aux, self.distil, self.aux_is_distil = None, None, False
+            st, model, at = self.start_or_resume()
+            self.metrics = MetricsLog(self.out / "metrics.jsonl", st.metrics_lines if model is not None else None,
+                                      write=self.main)
+            self.t0 = time.perf_counter() - st.wall_s
+            self.start_trackers(resumed=model is not None)
+            self.ui.bar("train", self.total, st.step)
+            self.signals.armed = True
+            last_stage = self.stage_dir(self.segments[st.segment], st.segment)
+            for index in range(st.segment, len(self.segments)):
+                if st.stopped:
                     break
-                grown = False
-                if model is None:
-                    model = self.first_model(seg)
-                    grown = seg.grow is not None
-                elif not (resumed and step < seg_end and index == state["segment"]):
-                    # The previous segment's model grows into this one (also when resuming at a
-                    # segment boundary: the checkpoint holds the model before growth).
-                    if step >= seg_end:
-                        last_stage = self.stage_dir(seg, index)
-                        if not last_stage.exists():
-                            self.save_stage(model, seg, index)
-                        continue
-                    prev = segments[index - 1]
-                    raw = self.acc.unwrap_model(model)
-                    seed = self.s.seed + index if seg.grow.seed is None else seg.grow.seed
-                    from surgery.compress import COMPRESS_OPS
-
-                    self.distil = None  # a distillation ends with its stage
-                    if seg.grow.op in COMPRESS_OPS:  # new parameters: a fresh AdamW
-                        model, opt_state = self.transform(raw, prev.spec, seg.spec, seg.grow, seed), None
-                    else:
-                        grown_result = grow_model(raw.cpu(), prev.spec, seg.spec, seg.grow.op, seed=seed,
-                                                  options=seg.grow.options)
-                        keep = opt_state and self.s.optimizer_on_grow == "grow"
-                        opt_state = grown_result.grow_optimizer_state(opt_state) if keep else None
-                        model = grown_result.model
-                    grown = True
-                    log({"event": "grow", "stage": index, "model": seg.name, "op": seg.grow.op, "step": step,
-                         "tokens": state["tokens"], "from": prev.name})
-                resumed = False
-                model = model.to(self.acc.device)
-                model.train()
-                self.stage_aux(model, aux_weights)
-                aux_weights = None
-                optimizer = make_optimizer(model, self.s, self.aux)
-                if opt_state:
-                    ckpt.load_optimizer_state(optimizer, model, opt_state)
-                if self.aux is not None and aux_opt:
-                    ckpt.load_optimizer_state(optimizer, self.aux, aux_opt)
-                aux_opt = {}  # only the resumed stage continues from the checkpoint
-                if latest is not None:
-                    ckpt.restore_rng(rng)
-                    latest = None
-                model, optimizer = self.acc.prepare(model, optimizer)
-                if grown or (step == seg_start and index == 0 and not metrics.rows):
-                    vl = self.validate(model)
-                    log({"stage": index, "model": seg.name, "step": step, "tokens": state["tokens"],
-                         "train_loss": None, "val_loss": vl})
-                progress.update(task, description=f"{index}:{seg.name}")
-                tick, recent = time.perf_counter(), []
-                while step < seg_end and not state["stopped"]:
-                    lr = curve(step, grown_at=seg_start if index > 0 else None)
-                    for g in optimizer.param_groups:
-                        g["lr"] = lr
-                    loss_sum = 0.0
-                    for micro in range(self.s.grad_accum):
-                        idx = self.order.indices(step, micro)
-                        batch = self.objective(self.train_blocks[idx], step_rng(self.s.seed, step, micro),
-                                               block_ids=idx, epoch=step // spe)
-                        # Several processes (accelerate launch) each take their rows of the one
-                        # global batch, so the data seen per step does not depend on the count.
-                        n, rank = self.acc.num_processes, self.acc.process_index
-                        batch = {k: (v[rank::n] if v.dim() else v).to(self.acc.device) for k, v in batch.items()}
-                        with self.acc.autocast():
-                            loss = self.loss(model, batch)[0] / self.s.grad_accum
-                        self.acc.backward(loss)
-                        loss_sum += float(loss.detach())
-                    if self.s.max_grad_norm:
-                        params = list(model.parameters()) + (list(self.aux.parameters()) if self.aux is not None else [])
-                        self.acc.clip_grad_norm_(params, self.s.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    state["tokens"] += self.tokens_per_step
-                    recent.append(loss_sum)
-                    row = {"stage": index, "model": seg.name, "step": step, "tokens": state["tokens"],
-                           "train_loss": loss_sum, "lr": lr}
-                    validate_now = step % self.s.val_every == 0 or step == seg_end
-                    if validate_now:
-                        row["val_loss"] = self.validate(model)
-                        target = self.s.until_val_loss
-                        if target is not None and (row["val_loss"] < target if self.s.until_strict else row["val_loss"] <= target):
-                            state["stopped"] = True
-                            row["event"] = "until"
-                    if validate_now or step % self.s.log_every == 0:
-                        log({**row, **getattr(self.distil, "last", {})})
-                    rate = self.tokens_per_step * len(recent) / max(1e-9, time.perf_counter() - tick)
-                    progress.update(task, completed=step, info=f"loss {np.mean(recent[-20:]):.3f}  {rate:,.0f} tok/s")
-                    every = self.s.ckpt_every or self.s.val_every
-                    at_end = step == seg_end or state["stopped"]
-                    if step % every == 0 or at_end:
-                        state.update(segment=index, step=step, wall_s=time.perf_counter() - t0,
-                                     metrics_lines=metrics.count)
-                        if main:
-                            ckpt.save_checkpoint(ckpt_root, step, self.acc.unwrap_model(model), optimizer, state,
-                                                 aux=self.aux)
-                        self.acc.wait_for_everyone()
-                    if self.stop_after_step is not None and step >= self.stop_after_step:
-                        return {"stopped_early": True, "step": step}
-                opt_state = ckpt.optimizer_state_by_name(optimizer, self.acc.unwrap_model(model))
-                last_stage = self.save_stage(model, seg, index)
+                model, at, optimizer = self.enter_segment(index, model, at, st)
+                if optimizer is None:  # resumed from this segment's last checkpoint: nothing to train
+                    last_stage = self.stage_dir(self.segments[index], index)
+                    if not last_stage.exists():
+                        self.save_stage(model, self.segments[index], index)
+                    continue
+                if not self.train_steps(index, model, optimizer, st):
+                    return {"stopped_early": True, "step": st.step}
+                self.opt_state = ckpt.optimizer_state_by_name(optimizer, self.acc.unwrap_model(model))
+                last_stage = self.save_stage(model, self.segments[index], index)
+                self.event_stage_end(index, st)
+            self.signals.armed = False
             if not last_stage.exists():  # resumed from the last checkpoint, before its stage was saved
-                last_stage = self.save_stage(model, segments[state["segment"]], state["segment"])
-            final = self.out / "final"
-            if main:
+                last_stage = self.save_stage(model, self.segments[st.segment], st.segment)
+            if self.main:
+                final = self.out / "final"
                 shutil.rmtree(final, ignore_errors=True)
                 shutil.copytree(last_stage, final)
-        summary = {"run": self.run_name, "steps": step, "tokens": state["tokens"],
-                   "wall_s": round(time.perf_counter() - t0, 3), "steps_per_epoch": spe,
-                   "final_val_loss": next((r["val_loss"] for r in reversed(metrics.rows) if r.get("val_loss") is not None), None),
-                   "stopped_by_until": state["stopped"], "settings": asdict(self.s)}
-        if self.acc.is_main_process:
+        return self.finish(st)
+
+    def start_or_resume(self) -> tuple["TrainState", object, int]:
+        """(state, model or None, index of the segment the model belongs to). A fresh start seeds
+        every global RNG from the recipe's seed, whatever the first model is (built, or loaded
+        from a checkpoint and grown): dropout draws are then the same in every run."""
+        import transformers
+
+        root = self.out / "checkpoints"
+        self.opt_state, self.aux_weights, self.aux_opt, self.rng = None, None, {}, None
+        if not self.resume:
+            if root.exists():
+                shutil.rmtree(root)
+            transformers.set_seed(self.s.seed)
+            return TrainState(), None, -1
+        latest = ckpt.latest_checkpoint(root)
+        if latest is None:
+            raise SurgeryError(f"--resume: no complete checkpoint in {root}; run without --resume to start afresh")
+        from surgery.compress import load_model
+
+        raw, self.opt_state, self.rng = ckpt.read_checkpoint(latest)
+        st = TrainState.of(raw)
+        model = load_model(latest / "model")
+        self.aux_weights, self.aux_opt = ckpt.read_aux(latest)
+        self.restore_teacher(st.segment, model)
+        self.ui.line(f"resuming {escape(str(self.out))} at step {st.step} of {self.total} "
+                     f"({self.segments[st.segment].name})")
+        return st, model, st.segment
+
+    def enter_segment(self, index: int, model, at: int, st: "TrainState"):
+        """The model this segment trains and its optimizer; optimizer None when a resumed run's
+        checkpoint is this segment's end (the model then grows on entering the next one)."""
+        seg = self.segments[index]
+        seg_start, seg_end = self.bounds[index]
+        grown = False
+        if model is None:
+            model = self.first_model(seg)
+            grown = seg.grow is not None
+            self.opt_state = None
+        elif at == index - 1:
+            prev = self.segments[index - 1]
+            seed = self.s.seed + index if seg.grow.seed is None else seg.grow.seed
+            before = self.val_losses[-1] if self.val_losses else None
+            self.distil = None  # a distillation ends with its stage
+            keep = self.s.optimizer_on_grow == "grow"
+            model, self.opt_state = self.grow(self.acc.unwrap_model(model), prev.spec, seg.spec, seg.grow, seed,
+                                              self.opt_state if keep else None)
+            grown = True
+            self.log({"event": "grow", "stage": index, "model": seg.name, "op": seg.grow.op, "step": st.step,
+                      "tokens": st.tokens, "from": prev.name})
+            self.pending_grow = (prev, before)
+        elif st.step >= seg_end:
+            self.aux_opt = {}
+            return model, index, None
+        model = model.to(self.acc.device)
+        model.train()
+        self.stage_aux(model, self.aux_weights)
+        self.aux_weights = None
+        optimizer = make_optimizer(model, self.s, self.aux)
+        if self.opt_state:
+            ckpt.load_optimizer_state(optimizer, model, self.opt_state)
+        if self.aux is not None and self.aux_opt:
+            ckpt.load_optimizer_state(optimizer, self.aux, self.aux_opt)
+        self.aux_opt = {}  # only the resumed stage continues from the checkpoint
+        if self.rng is not None:  # the dropout RNG where the checkpoint left it
+            ckpt.restore_rng(self.rng)
+            self.rng = None
+        model, optimizer = self.acc.prepare(model, optimizer)
+        if grown or (st.step == seg_start and index == 0 and not self.metrics.rows):
+            vl = self.validate(model)
+            self.log({"stage": index, "model": seg.name, "step": st.step, "tokens": st.tokens,
+                      "train_loss": None, "val_loss": vl})
+            self.event_entered(index, st, vl, grown)
+        self.ui.bar(f"{index}:{seg.name}", self.total, st.step)
+        return model, index, optimizer
+
+    def grow(self, model, src_spec, dst_spec, growth, seed, opt_state=None):
+        """The one growth path, before training (init-) and mid-run: (new model, its AdamW state
+        or None). Compression ops make new parameters, so their optimizer starts fresh."""
+        from surgery.compress import COMPRESS_OPS
+        from surgery.ops import grow_model
+
+        if growth.op in COMPRESS_OPS:
+            return self.transform(model, src_spec, dst_spec, growth, seed), None
+        result = grow_model(model.cpu(), src_spec, dst_spec, growth.op, seed=seed, options=growth.options)
+        return result.model, (result.grow_optimizer_state(opt_state) if opt_state else None)
+
+    def train_steps(self, index: int, model, optimizer, st: "TrainState") -> bool:
+        """The segment's optimizer steps from st.step. False: stopped early (stop_after_step)."""
+        seg = self.segments[index]
+        seg_start, seg_end = self.bounds[index]
+        spe = self.order.steps_per_epoch
+        tick, recent = time.perf_counter(), []
+        every = self.s.ckpt_every or self.s.val_every
+        while st.step < seg_end and not st.stopped:
+            if self.signals.received:
+                self.interrupted(index, model, optimizer, st)
+            lr = self.curve(st.step, grown_at=seg_start if index > 0 else None)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            loss_sum = 0.0
+            for micro in range(self.s.grad_accum):
+                idx = self.order.indices(st.step, micro)
+                batch = self.objective(self.train_blocks[idx], step_rng(self.s.seed, st.step, micro),
+                                       block_ids=idx, epoch=st.step // spe)
+                # Several processes (accelerate launch) each take their rows of the one
+                # global batch, so the data seen per step does not depend on the count.
+                n, rank = self.acc.num_processes, self.acc.process_index
+                batch = {k: (v[rank::n] if v.dim() else v).to(self.acc.device) for k, v in batch.items()}
+                with self.acc.autocast():
+                    loss = self.loss(model, batch)[0] / self.s.grad_accum
+                self.acc.backward(loss)
+                loss_sum += float(loss.detach())
+            if not math.isfinite(loss_sum):  # before the step: the weights in memory stay finite too
+                self.diverged(index, st, loss_sum, "training loss")
+            if self.s.max_grad_norm:
+                params = list(model.parameters()) + (list(self.aux.parameters()) if self.aux is not None else [])
+                norm = self.acc.clip_grad_norm_(params, self.s.max_grad_norm)
+                if norm is not None and not math.isfinite(float(norm)):
+                    self.diverged(index, st, float(norm), "gradient norm")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            st.step += 1
+            st.tokens += self.tokens_per_step
+            recent.append(loss_sum)
+            row = {"stage": index, "model": seg.name, "step": st.step, "tokens": st.tokens,
+                   "train_loss": loss_sum, "lr": lr}
+            validate_now = st.step % self.s.val_every == 0 or st.step == seg_end
+            if validate_now:
+                row["val_loss"] = self.validate(model)
+                if not math.isfinite(row["val_loss"]):
+                    self.diverged(index, st, row["val_loss"], "validation loss")
+                target = self.s.until_val_loss
+                if target is not None and (row["val_loss"] < target if self.s.until_strict else row["val_loss"] <= target):
+                    st.stopped = True
+                    row["event"] = "until"
+            if validate_now or st.step % self.s.log_every == 0:
+                self.log({**row, **getattr(self.distil, "last", {})})
+            if validate_now:
+                self.event_validation(index, st, row)
+            rate = self.tokens_per_step * len(recent) / max(1e-9, time.perf_counter() - tick)
+            self.ui.advance(st.step, f"loss {np.mean(recent[-20:]):.3f}  {rate:,.0f} tok/s")
+            if st.step % every == 0 or st.step == seg_end or st.stopped:
+                self.checkpoint(index, model, optimizer, st)
+            if self.stop_after_step is not None and st.step >= self.stop_after_step:
+                return False
+        return True
+
+    # -- checkpoints and the ways a run stops -------------------------------------------------
+    def checkpoint(self, index: int, model, optimizer, st: "TrainState") -> bool:
+        """Write a checkpoint at st.step. A write that fails (disk full, no permission) leaves the
+        previous checkpoint as it was; the run says why and goes on."""
+        st.segment, st.wall_s, st.metrics_lines = index, time.perf_counter() - self.t0, self.metrics.count
+        ok = True
+        latest = ckpt.latest_checkpoint(self.out / "checkpoints")
+        if latest is not None and {**ckpt.read_state(latest), "wall_s": st.wall_s} == asdict(st):
+            return True  # a signal right after a checkpoint: it already holds this very state
+        if self.main:
+            try:
+                ckpt.save_checkpoint(self.out / "checkpoints", st.step, self.acc.unwrap_model(model), optimizer,
+                                     asdict(st), aux=self.aux)
+            except (OSError, SafetensorError) as err:
+                ok = False
+                kept = ckpt.latest_checkpoint(self.out / "checkpoints")
+                where = f"the previous one ({kept.name}) is kept" if kept else "there is no earlier one"
+                why = f"{err.strerror}: {err.filename}" if getattr(err, "filename", None) else (
+                    getattr(err, "strerror", None) or str(err))
+                self.ui.warn(f"checkpoint at step {st.step} not written ({why}); {where}")
+        self.acc.wait_for_everyone()
+        return ok
+
+    def interrupted(self, index: int, model, optimizer, st: "TrainState"):
+        saved = self.checkpoint(index, model, optimizer, st)
+        raise RunInterrupted(self.signals.received, st.step, saved)
+
+    def diverged(self, index: int, st: "TrainState", value: float, what: str):
+        kept = ckpt.latest_checkpoint(self.out / "checkpoints")
+        where = f"the last good checkpoint is {kept} (step {TrainState.of(ckpt.read_state(kept)).step})" if kept \
+            else "no checkpoint was written before it"
+        raise SurgeryError(f"the {what} became {value} at step {st.step + 1} ({self.segments[index].name}): "
+                           f"the run stopped; {where}; a lower learning rate or max_grad_norm may help")
+
+    # -- what the run reports -----------------------------------------------------------------
+    def log(self, row: dict) -> None:
+        if self.main:
+            self.metrics.write({"wall_s": round(time.perf_counter() - self.t0, 3), **row})
+        if row.get("val_loss") is not None:
+            self.val_losses.append(row["val_loss"])
+
+    def track(self, values: dict, step: int) -> None:
+        if self.trackers:
+            self.acc.log(values, step=step)
+
+    def event_entered(self, index: int, st: "TrainState", vl: float, grown: bool) -> None:
+        seg = self.segments[index]
+        self.track({"val_loss": vl, "stage": index}, st.step)
+        if not grown:
+            self.ui.line(f"step {st.step:>6}  {seg.name}  val loss {fmt_loss(vl)}  (start)")
+            return
+        prev, before = getattr(self, "pending_grow", (None, None))
+        self.pending_grow = (None, None)
+        src = prev.spec if prev is not None else (seg.init_chain[0][1] if seg.init_chain else seg.init_spec)
+        frm = prev.name if prev is not None else "pretrained"
+        shapes = f"{src.describe()} -> {seg.spec.describe()}" if src is not None else seg.spec.describe()
+        loss = f"val loss {fmt_loss(before)} -> {fmt_loss(vl)}" if before is not None else f"val loss {fmt_loss(vl)}"
+        self.ui.line(f"step {st.step:>6}  [bold]grow[/] {escape(seg.grow.op)}: {escape(frm)} -> {escape(seg.name)}  "
+                     f"{escape(shapes)}  {loss}")
+        self.track({"event/grow": f"{seg.grow.op}: {frm} -> {seg.name} ({shapes}); {loss}"}, st.step)
+
+    def event_validation(self, index: int, st: "TrainState", row: dict) -> None:
+        seg = self.segments[index]
+        until = "  [green]target reached[/]" if row.get("event") == "until" else ""
+        self.ui.line(f"step {st.step:>6}  {escape(seg.name)}  train loss {fmt_loss(row['train_loss'])}  "
+                     f"val loss {fmt_loss(row['val_loss'])}  lr {row['lr']:.2e}{until}")
+        self.track({"val_loss": row["val_loss"], "train_loss": row["train_loss"], "lr": row["lr"],
+                    "stage": index}, st.step)
+
+    def event_stage_end(self, index: int, st: "TrainState") -> None:
+        seg = self.segments[index]
+        vl = self.val_losses[-1] if self.val_losses else None
+        folder = self.stage_dir(seg, index)
+        self.stage_rows.append((index, seg.name, seg.spec.describe(), st.step, st.tokens, vl,
+                                time.perf_counter() - self.t0))
+        self.ui.line(f"step {st.step:>6}  stage {index} ({escape(seg.name)}) done: val loss {fmt_loss(vl)}, "
+                     f"saved {escape(str(folder))}")
+        self.track({"event/stage_end": f"stage {index} ({seg.name}) ends at step {st.step}, val loss {fmt_loss(vl)}"},
+                   st.step)
+
+    def start_trackers(self, resumed: bool) -> None:
+        self.trackers = self.report_to not in (None, "none")
+        if not self.trackers:
+            return
+        config = {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v))
+                  for k, v in asdict(self.s).items()}
+        self.acc.init_trackers(self.run_name, config={k: v for k, v in config.items() if v is not None})
+
+    def finish(self, st: "TrainState") -> dict:
+        from rich.table import Table
+
+        summary = {"run": self.run_name, "steps": st.step, "tokens": st.tokens,
+                   "wall_s": round(time.perf_counter() - self.t0, 3), "steps_per_epoch": self.order.steps_per_epoch,
+                   "final_val_loss": next((r["val_loss"] for r in reversed(self.metrics.rows)
+                                           if r.get("val_loss") is not None), None),
+                   "stopped_by_until": st.stopped, "settings": asdict(self.s)}
+        if self.trackers:
+            self.acc.end_training()
+        if self.main:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
             from surgery.train.curves import plot_run
 
             plot_run(self.out)
+            table = Table(title=f"{self.run_name}: {st.step} steps, {st.tokens:,} tokens, "
+                                f"{summary['wall_s']:.1f} s")
+            for name, justify in (("stage", "right"), ("model", "left"), ("dims", "left"), ("to step", "right"),
+                                  ("val loss", "right"), ("wall s", "right")):
+                table.add_column(name, justify=justify, overflow="fold")
+            for index, name, dims, step, _tokens, vl, wall in self.stage_rows:
+                table.add_row(str(index), name, dims, str(step), fmt_loss(vl), f"{wall:.1f}")
+            if self.stage_rows:
+                self.ui.table(table)
         return summary
+
+
+@dataclass
+class TrainState:
+    """Where a run is: all a checkpoint holds besides weights, optimizer state and RNG states
+    (trainer_state.json). `metrics_lines` is how much of metrics.jsonl the checkpoint has seen."""
+
+    segment: int = 0
+    step: int = 0
+    tokens: int = 0
+    wall_s: float = 0.0
+    metrics_lines: int = 0
+    stopped: bool = False
+
+    @classmethod
+    def of(cls, raw: dict) -> "TrainState":
+        return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
+
+
+class RunInterrupted(Exception):
+    """SIGINT or SIGTERM during training: a checkpoint at the current step was (or could not be) saved."""
+
+    def __init__(self, signal_name: str, step: int, saved: bool):
+        super().__init__(f"{signal_name} at step {step}")
+        self.signal_name, self.step, self.saved = signal_name, step, saved
+
+
+class _Signals:
+    """While training runs, SIGINT and SIGTERM only set `received`: the loop saves a checkpoint
+    at the end of the current step, then stops. A second signal stops at once."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self.armed = False  # before training (data, tokenizer) there is nothing to save: stop at once
+        self._old = {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None or not self.armed:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self) -> "_Signals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)

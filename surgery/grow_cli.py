@@ -80,7 +80,17 @@ def _table(plan):
     return table
 
 
-def dry_run_command(src: Path, *, op: str, to: str, seed: int = 0) -> None:
+def check_stream_options(threads: int | None, dtype: str | None) -> None:
+    from surgery.ops import OUT_DTYPES
+
+    if threads is not None and not 1 <= threads <= 256:
+        raise SurgeryError(f"--threads must be between 1 and 256, got {threads}")
+    if dtype is not None and dtype not in OUT_DTYPES:
+        raise SurgeryError(f"--dtype: unknown dtype {dtype!r} (choose one of {', '.join(OUT_DTYPES)})")
+
+
+def dry_run_command(src: Path, *, op: str, to: str, seed: int = 0, threads: int | None = None,
+                    dtype: str | None = None) -> None:
     """Plan a growth from the safetensors headers alone and print the memory it will need."""
     from rich.console import Console
 
@@ -93,13 +103,14 @@ def dry_run_command(src: Path, *, op: str, to: str, seed: int = 0) -> None:
     console = Console()
     ckpt = load_checkpoint(src)
     dst = parse_to(to, ckpt.spec)
-    cp = plan_checkpoint(src, dst, op, seed=seed)
+    cp = plan_checkpoint(src, dst, op, seed=seed, threads=threads, dtype=dtype)
     plan = cp.plan
     _print_plan(console, plan, ckpt.spec, dst, " (dry run, weights not read)")
     console.print(f"weights ({cp.dtype}): read {human_bytes(cp.src_bytes)}, write {human_bytes(cp.out_bytes)}; "
                   f"disk needed at the output: {human_bytes(cp.out_bytes)}")
-    console.print(f"memory: about {human_bytes(cp.peak_bytes)} peak resident (streaming one tensor at a time; "
-                  f"the largest working set is {cp.peak_tensor})")
+    console.print(f"memory: about {human_bytes(cp.peak_bytes)} peak resident (streamed on {cp.threads} "
+                  f"thread{'s' if cp.threads > 1 else ''}, the pipeline holding at most "
+                  f"{'twice ' if cp.threads > 1 else ''}the largest working set, {cp.peak_tensor}'s)")
     console.print(f"the probe (skip with --no-probe) loads both models: about {human_bytes(4 * (ckpt.spec.params + dst.params))} in fp32")
     for note in plan.notes:
         console.print(f"[yellow]note:[/] {note}")
@@ -115,7 +126,8 @@ def _print_plan(console, plan, src: ModelSpec, dst: ModelSpec, suffix: str = "")
             console.print(f"{stack} layers from source: {layers}" + (" (repeats start as identity)" if plan.op.identity else ""))
 
 
-def grow_command(src: Path, *, op: str, to: str, out: Path, seed: int = 0, probe: bool = True) -> None:
+def grow_command(src: Path, *, op: str, to: str, out: Path, seed: int = 0, probe: bool = True,
+                 threads: int | None = None, dtype: str | None = None) -> None:
     from rich.console import Console
 
     from surgery.io import load_checkpoint
@@ -134,7 +146,7 @@ def grow_command(src: Path, *, op: str, to: str, out: Path, seed: int = 0, probe
         return compress_command(src, op=name, to=to, out=out, console=console, probe=probe, options=options)
     ckpt = load_checkpoint(src)
     dst = parse_to(to, ckpt.spec)
-    plan = grow_checkpoint(src, dst, op, out, seed=seed)
+    plan = grow_checkpoint(src, dst, op, out, seed=seed, threads=threads, dtype=dtype)
 
     _print_plan(console, plan, ckpt.spec, dst)
     eps_key = plan.family.eps_key

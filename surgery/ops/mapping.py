@@ -36,6 +36,18 @@ class Mapping:
         return self.src < 0
 
     @cached_property
+    def pad_positions(self) -> torch.Tensor:
+        """Indices of the padding units (int64, possibly empty)."""
+        return self.pad.nonzero().flatten()
+
+    @cached_property
+    def shared_positions(self) -> torch.Tensor:
+        """Indices of the new units whose source unit has more than one copy: the only units a
+        reader's split changes (a unit copied once keeps its weights, factor exactly 1)."""
+        idx = self.src.clamp(min=0)
+        return ((self.count[idx] > 1) & ~self.pad).nonzero().flatten()
+
+    @cached_property
     def new_units(self) -> torch.Tensor:
         """Units that are not the first copy of their source (or are padding): what AKI fills from
         the block above. For mappings whose old units keep their place: positions >= old."""

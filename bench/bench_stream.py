@@ -61,7 +61,9 @@ def make_source(folder: Path, dims: dict) -> None:
 
 
 def timed(cmd: list[str], env: dict) -> tuple[float, int, str]:
-    """(wall seconds, peak RSS KiB, stdout) of cmd under /usr/bin/time -v."""
+    """(wall seconds, peak RSS KiB, stdout) of cmd under /usr/bin/time -v, started with no dirty
+    pages left over from an earlier step (so each step pays for its own writeback only)."""
+    os.sync()
     t0 = time.perf_counter()
     r = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0

@@ -41,11 +41,48 @@ def parse_to(text: str, base: ModelSpec) -> ModelSpec:
             raise SurgeryError(f"--to: unknown key {key!r} (known: {', '.join(INT_KEYS + TEXT_KEYS)})")
     if "heads" in update and "d_kv" not in update and base.d_kv is not None:
         update["d_kv"] = base.d_kv
+    _heads_follow_width(update, base)
     try:
         return ModelSpec(**{**base.model_dump(), **update})
     except ValueError as err:
         msg = err.errors()[0]["msg"] if hasattr(err, "errors") else str(err)
         raise SurgeryError(f"--to: {msg.removeprefix('Value error, ')}") from None
+
+
+def _heads_follow_width(update: dict, base: ModelSpec) -> None:
+    """Heads grow as whole heads, so a new d_model means new heads at the source's head size:
+    `--to d_model=768` on a 12-head, 64-wide-head model gives heads=12 -> 768/64. Only where the
+    head size follows from d_model / heads (BERT, GPT-2, and T5/Llama without an explicit d_kv),
+    and never over a heads= the user gave; a d_model that no head count fits is refused naming
+    the d_model and heads that would."""
+    if "d_kv" in update or base.d_kv is not None:
+        return
+    d, size = update.get("d_model", base.d_model), base.head_dim
+    t5 = " (or give d_kv= to change the head size)" if base.family == "t5" else ""
+    if "heads" in update:
+        h = update["heads"]
+        if d % h == 0 and d // h != size and d % size == 0:
+            raise SurgeryError(f"--to: heads grow as whole heads of size {size} (d_model {base.d_model} / heads "
+                               f"{base.heads}); d_model={d} with heads={h} makes them {d // h}: "
+                               f"give heads={d // size}{t5}")
+        return
+    if d == base.d_model:
+        return
+    if d % size:
+        lo, hi = d // size * size, (d // size + 1) * size
+        options = ([f"d_model={lo} with heads={lo // size}"] if lo > base.d_model else []) + \
+                  [f"d_model={hi} with heads={hi // size}"]
+        raise SurgeryError(f"--to: heads grow as whole heads of size {size} (d_model {base.d_model} / heads "
+                           f"{base.heads}), and d_model={d} is not a multiple of {size}: "
+                           f"use {' or '.join(options)}{t5}")
+    update["heads"] = d // size
+    if base.kv_heads is not None and "kv_heads" not in update:
+        # Grouped-query attention: keep the query heads per kv head, so the kv heads grow with them.
+        g = base.group_size
+        if update["heads"] % g:
+            raise SurgeryError(f"--to: d_model={d} gives heads={update['heads']}, not a multiple of the "
+                               f"{g} query heads per kv head: give kv_heads= (a divisor of {update['heads']})")
+        update["kv_heads"] = update["heads"] // g
 
 
 def _int(key: str, value: str) -> int:

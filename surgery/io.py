@@ -103,7 +103,8 @@ class Checkpoint:
         except OSError as err:
             raise SurgeryError(f"{info.file}: cannot read tensor {name} ({err})") from None
         if got != info.nbytes:
-            raise SurgeryError(f"{info.file}: cannot read tensor {name} (file truncated)")
+            raise SurgeryError(f"{info.file}: truncated while reading tensor {name} "
+                               f"(the file ends before byte {info.end:,})")
         return buf.view(_DTYPES[info.dtype]).reshape(info.shape)
 
     def dtype(self, name: str) -> torch.dtype:
@@ -193,9 +194,10 @@ class _Pipeline:
                     break
                 self.held += t.working_bytes
                 fut = self.pool.submit(t.made)
-                fut.add_done_callback(lambda f, t=t: self._done(f, t))
                 self.futures[self.next] = fut
                 self.next += 1
+                # Last: a future already done runs its callback (and a nested _admit) right here.
+                fut.add_done_callback(lambda f, t=t: self._done(f, t))
 
     def _done(self, fut, task: TensorTask) -> None:
         # Made: the working set shrinks to the result, which waits for the writer.

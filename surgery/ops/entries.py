@@ -176,7 +176,7 @@ def grow_axis(t, axis, role, m: Mapping, rule: WidthRule, name: str = "") -> tor
     """t grown along `axis` by the rule of `role` (arithmetic in fp32, t's dtype)."""
     idx = m.src.clamp(min=0)
     per_copy = m.count[idx]  # copies of the source unit of each new unit
-    g = t.index_select(axis, idx)
+    g = m.gather(t, axis)  # padding units unset: each rule below fills them
     if role is Role.OUT:
         pad = t.mean(dim=axis, keepdim=True) if rule.pad_fill == "mean" else 0.0
         return _fill_pad(g, axis, m, pad)

@@ -36,6 +36,29 @@ class Mapping:
         return self.src < 0
 
     @cached_property
+    def keeps_old(self) -> bool:
+        """Old units keep their place (src[j] == j for j < old): the grown tensor starts with the
+        source as a block, and only the units past the old width need a gather."""
+        return self.new >= self.old and bool((self.src[: self.old] == torch.arange(self.old)).all())
+
+    def gather(self, t: torch.Tensor, axis: int) -> torch.Tensor:
+        """t grown along `axis` by copying units (new unit j = t's unit src[j]). Padding units are
+        left unset: every caller fills them."""
+        if not self.keeps_old:
+            return t.index_select(axis, self.src.clamp(min=0))
+        shape = list(t.shape)
+        shape[axis] = self.new
+        out = torch.empty(shape, dtype=t.dtype)
+        out.narrow(axis, 0, self.old).copy_(t)
+        extra = self.src[self.old:]
+        copied = (extra >= 0).nonzero().flatten()
+        if copied.numel() == extra.numel():
+            out.narrow(axis, self.old, extra.numel()).copy_(t.index_select(axis, extra))
+        elif copied.numel():
+            out.index_copy_(axis, copied + self.old, t.index_select(axis, extra[copied]))
+        return out
+
+    @cached_property
     def pad_positions(self) -> torch.Tensor:
         """Indices of the padding units (int64, possibly empty)."""
         return self.pad.nonzero().flatten()

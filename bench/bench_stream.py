@@ -26,15 +26,14 @@ ROOT = Path(__file__).resolve().parent.parent
 # size -> (source dims, `--to` of the target); both keep vocab 32000 and the untied head.
 SIZES = {
     "large": (dict(layers=22, d_model=2048, heads=32, kv_heads=4, d_ff=5632),
-              "layers=32,d_model=2560,heads=40,kv_heads=5,d_ff=6912"),  # 1.10B -> 2.33B
+              "layers=32,d_model=2560,heads=40,kv_heads=5,d_ff=6912", 1024**3),  # 1.10B -> 2.33B, 5 shards
     "small": (dict(layers=16, d_model=1024, heads=16, kv_heads=4, d_ff=2816),
-              "layers=24,d_model=1280,heads=20,kv_heads=5,d_ff=3520"),  # 0.25B -> 0.50B
+              "layers=24,d_model=1280,heads=20,kv_heads=5,d_ff=3520", 256 * 1024**2),  # 0.25B -> 0.50B, 4 shards
 }
 COMMON = dict(vocab=32000, head="untied", max_positions=2048)
-SHARD = 1024**3
 
 
-def make_source(folder: Path, dims: dict) -> None:
+def make_source(folder: Path, dims: dict, shard: int) -> None:
     """Write the source checkpoint tensor by tensor (never the whole model in memory)."""
     import torch
     from transformers import LlamaConfig
@@ -55,7 +54,7 @@ def make_source(folder: Path, dims: dict) -> None:
              for s in LLAMA.view(spec, layout)]
     config = LlamaConfig(**spec.hf_config()).to_dict()
     config["architectures"] = ["LlamaForCausalLM"]
-    save_checkpoint(folder, tasks, config, shard_bytes=SHARD)
+    save_checkpoint(folder, tasks, config, shard_bytes=shard)
     print(f"source: {spec.params:,} parameters, {sum(t.nbytes for t in tasks) / 1e9:.2f} GB in "
           f"{len(list(folder.glob('*.safetensors')))} shards")
 
@@ -102,16 +101,16 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints afterwards")
     args = ap.parse_args()
     work = args.work
-    dims, to = SIZES[args.size]
+    dims, to, shard = SIZES[args.size]
     src, floor = work / f"llama-{args.size}", work / "floor.bin"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start; "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
-    if not (src / "model.safetensors.index.json").is_file():
+    if not (src / "config.json").is_file():
         shutil.rmtree(src, ignore_errors=True)
         t0 = time.perf_counter()
         sys.path.insert(0, str(ROOT))
-        make_source(src, dims)
+        make_source(src, dims, shard)
         print(f"made the source in {time.perf_counter() - t0:.0f} s")
     wall_imp, rss_imp, _ = timed([sys.executable, "-c", "import surgery.ops, surgery.io"], env)
     print(f"imports alone: {wall_imp:.1f} s, peak RSS {rss_imp / 1024:.0f} MiB")

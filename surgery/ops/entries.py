@@ -217,7 +217,7 @@ def _random_split(t, g, axis, m: Mapping, rule: WidthRule, name: str) -> torch.T
     """`l`'s reader split, in place on g = t's copies along `axis`: every copy of a unit copied c
     times gets a random positive part (0.5 + U[0, 1), normalised to sum 1 over the copies, per
     element); units copied once keep factor 1 exactly, so they draw nothing. Padding units: under
-    RMSNorm they carry 0, so weights reading them are free - drawn N(0, std(t)) so they learn;
+    RMSNorm they carry 0, so weights reading them are free - drawn N(0, rms(t)) so they learn;
     under LayerNorm they carry a constant - read nothing (0).
 
     Drawn in blocks along another dimension (split_blocks), block b from
@@ -230,7 +230,9 @@ def _random_split(t, g, axis, m: Mapping, rule: WidthRule, name: str) -> torch.T
     if not shared.numel() and not draw_pad:
         return g
     src_of_shared = m.src[shared]
-    std = float(t.std()) if draw_pad else 0.0
+    # The tensor's scale: its root mean square (one pass; the std's two passes cost as much as
+    # the rest of the split).
+    scale = float(torch.linalg.vector_norm(t)) / max(t.numel(), 1) ** 0.5 if draw_pad else 0.0
     bd, step = split_blocks(tuple(g.shape), axis)
     rows = g.shape[bd] if bd is not None else 1
     for b, r0 in enumerate(range(0, rows, step)):
@@ -248,7 +250,7 @@ def _random_split(t, g, axis, m: Mapping, rule: WidthRule, name: str) -> torch.T
         if draw_pad:
             shape = list(gb.shape)
             shape[axis] = pads.numel()
-            gb.index_copy_(axis, pads, torch.randn(shape, generator=gen).mul_(std))
+            gb.index_copy_(axis, pads, torch.randn(shape, generator=gen).mul_(scale))
     return g
 
 

@@ -6,8 +6,8 @@ grows them in fp32, converts the result to the output dtype; the result waits fo
 is dropped once written. Per entry (surgery/ops/entries.py), the peak while making it:
 
   Read     the raw bytes read, plus an fp32 copy when the checkpoint is not fp32
-  Widen    per grown axis, the tensor before and after that axis (index_select makes a new one;
-           splits and padding are in place); `l`'s random reader split adds its block
+  Widen    per grown axis, the tensor before and after that axis plus the gathered new units
+           (splits and padding are in place); `l`'s random reader split adds its block
            temporaries (a few blocks of BLOCK_ELEMS, not a multiple of the tensor)
   Aki      both widened tensors plus a mask and the result
   Zero     the output;  Built: its inputs and the output (identity blocks of post-LN BERT)
@@ -57,7 +57,10 @@ def _cost(e: Entry, src_bytes: dict[str, int]) -> tuple[int, int]:
                 continue
             shape[a] = e.shape[a]
             new = 4 * _numel(shape)
-            temps = SPLIT_TEMP_BYTES if e.rule.split == "random" and e.axes[a].role is Role.IN else 0
+            # The copies past the old width are gathered into a temporary before they are placed.
+            temps = new - size
+            if e.rule.split == "random" and e.axes[a].role is Role.IN:
+                temps += SPLIT_TEMP_BYTES
             peak = max(peak, size + new + temps)
             size = new
         return peak, out

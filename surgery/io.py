@@ -23,6 +23,7 @@ import os
 import shutil
 import struct
 import threading
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,9 @@ class TensorTask:
     dtype: torch.dtype
     make: Callable[[], torch.Tensor]
     cost: int | None = None  # peak bytes while making it (surgery/ops/memory.py); None: 2x its bytes
+    # The name of an earlier task known to make the same bytes (a layer repeated by depth growth):
+    # its bytes are copied from where that one was written instead of being made again.
+    same_as: str | None = None
 
     @property
     def nbytes(self) -> int:
@@ -139,6 +143,8 @@ class TensorTask:
 
     @property
     def working_bytes(self) -> int:
+        if self.same_as is not None:
+            return 0
         return max(self.cost if self.cost is not None else 2 * self.nbytes, self.nbytes)
 
     def made(self) -> torch.Tensor:
@@ -193,7 +199,11 @@ class _Pipeline:
                 if self.next > self.written and self.held + t.working_bytes > self.budget:
                     break
                 self.held += t.working_bytes
-                fut = self.pool.submit(t.made)
+                if t.same_as is not None:
+                    fut = Future()
+                    fut.set_result(None)
+                else:
+                    fut = self.pool.submit(t.made)
                 self.futures[self.next] = fut
                 self.next += 1
                 # Last: a future already done runs its callback (and a nested _admit) right here.
@@ -201,7 +211,7 @@ class _Pipeline:
 
     def _done(self, fut, task: TensorTask) -> None:
         # Made: the working set shrinks to the result, which waits for the writer.
-        if not fut.cancelled() and fut.exception() is None:
+        if task.same_as is None and not fut.cancelled() and fut.exception() is None:
             with self.lock:
                 self.held -= task.working_bytes - task.nbytes
             self._admit()
@@ -214,7 +224,7 @@ class _Pipeline:
                 yield task, x
                 del x
                 with self.lock:
-                    self.held -= task.nbytes
+                    self.held -= task.nbytes if task.same_as is None else 0
                     self.written = i + 1
         finally:
             with self.lock:
@@ -230,7 +240,7 @@ def _one_torch_thread() -> None:
 def _made_in_order(tasks: list[TensorTask], threads: int, budget: int | None):
     if threads <= 1:
         for t in tasks:
-            yield t, t.made()
+            yield t, (t.made() if t.same_as is None else None)
         return
     yield from _Pipeline(tasks, threads, budget if budget is not None else pipeline_budget(tasks))
 
@@ -267,6 +277,30 @@ def _header(tasks: list[TensorTask], metadata: dict[str, str]) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
+def _copy_bytes(src: Path, offset: int, f, nbytes: int) -> None:
+    """Append nbytes of src from offset to the open file f: in the kernel (copy_file_range, no
+    pass through this process's memory) where it can, else by chunks through a small buffer."""
+    f.flush()
+    pos = f.tell()
+    with open(src, "rb", buffering=0) as r:
+        done = 0
+        try:
+            while done < nbytes:
+                n = os.copy_file_range(r.fileno(), f.fileno(), nbytes - done, offset + done, pos + done)
+                if n <= 0:
+                    raise OSError("copy_file_range made no progress")
+                done += n
+        except (AttributeError, OSError):
+            buf = bytearray(min(nbytes - done, 64 << 20) or 1)
+            while done < nbytes:
+                n = os.preadv(r.fileno(), [memoryview(buf)[: min(len(buf), nbytes - done)]], offset + done)
+                if n <= 0:
+                    raise OSError(f"{src}: ended while copying {nbytes} bytes at {offset}") from None
+                os.pwrite(f.fileno(), memoryview(buf)[:n], pos + done)
+                done += n
+    f.seek(pos + nbytes)
+
+
 def write_tensors(folder: Path, tasks: Iterable[TensorTask], shard_bytes: int = DEFAULT_SHARD_BYTES, *,
                   threads: int = 1, budget: int | None = None) -> list[str]:
     """Write tasks into `folder` as model.safetensors or shards + index. Returns the file names.
@@ -287,13 +321,17 @@ def write_tensors(folder: Path, tasks: Iterable[TensorTask], shard_bytes: int = 
     names = ([SINGLE_NAME] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
     made = _made_in_order(tasks, threads, budget)
+    written: dict[str, tuple[Path, int]] = {}  # name -> (file, offset of its bytes)
     try:
         for name, shard in zip(names, shards):
             with open(folder / name, "wb") as f:
                 f.write(_header(shard, meta))
-                for _ in shard:
+                for task in shard:
                     _, x = next(made)
-                    if x.numel():
+                    written[task.name] = (folder / name, f.tell())
+                    if x is None:
+                        _copy_bytes(*written[task.same_as], f, task.nbytes)
+                    elif x.numel():
                         f.write(memoryview(x.reshape(-1).view(torch.uint8).numpy()))  # no bytes copy
                     del x
     finally:

@@ -164,3 +164,21 @@ def test_threads_and_dtype_mistakes_exit_2(tmp_path):
         assert res.exit_code == 2 and message in res.output, res.output
         assert res.output.strip().count("\n") == 0
         assert not (tmp_path / "out").exists()
+
+
+def test_repeated_layers_copied_without_copy_file_range(tmp_path, monkeypatch):
+    """Layers that depth growth repeats are copied from where they were first written; where the
+    kernel cannot copy between files, through a buffer - the same bytes either way."""
+    _, _, dst, op = make_source(tmp_path, "bert-da")
+    grow_checkpoint(tmp_path / "src", dst, op, tmp_path / "kernel", seed=3, shard_bytes=20_000, threads=2)
+
+    def refuse(*args, **kwargs):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(sio.os, "copy_file_range", refuse)
+    grow_checkpoint(tmp_path / "src", dst, op, tmp_path / "buffered", seed=3, shard_bytes=20_000, threads=2)
+    assert folder_bytes(tmp_path / "kernel") == folder_bytes(tmp_path / "buffered")
+    # Layer 2 is a copy of layer 0 (stacking 2 -> 3): same bytes under both names.
+    ckpt = load_checkpoint(tmp_path / "buffered")
+    name = "bert.encoder.layer.{}.attention.self.query.weight"
+    assert torch.equal(ckpt.get(name.format(2)), ckpt.get(name.format(0)))

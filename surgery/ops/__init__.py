@@ -196,9 +196,14 @@ def grow_checkpoint(src_dir, dst: ModelSpec, op: str, out_dir, seed: int = 0, op
                            f"{', '.join(unknown[:3])}{' ...' if len(unknown) > 3 else ''}")
     src_bytes = _source_bytes(ckpt, plan)
     elem = torch.empty((), dtype=out_dtype).element_size()
-    tasks = [TensorTask(s.hf, s.shape(plan.dst_dims), out_dtype, (lambda e=plan.entries[s.name]: e.weight(source)),
-                        working_bytes(plan.entries[s.name], src_bytes, elem))
-             for s in plan.dst_view]
+    tasks, first = [], {}  # id(entry) -> the first tensor made from it
+    for s in plan.dst_view:
+        e = plan.entries[s.name]
+        # Depth growth repeats a layer's entries (stacked copies, identity blocks' q/k/v/ffn-in):
+        # the same entry makes the same bytes, so they are copied, not made again.
+        tasks.append(TensorTask(s.hf, s.shape(plan.dst_dims), out_dtype, (lambda e=e: e.weight(source)),
+                                working_bytes(e, src_bytes, elem), same_as=first.get(id(e))))
+        first.setdefault(id(e), s.hf)
     tasks += [TensorTask(n, ckpt.tensors[n].shape, ckpt.dtype(n), (lambda n=n: ckpt.get(n))) for n in passthrough]
     config = dict(plan.config)
     if "architectures" not in config:

@@ -1,13 +1,17 @@
-"""Streaming growth of a checkpoint bigger than comfortable memory: a randomly initialised Llama of
-~1.1B parameters (TinyLlama's shape: 22 layers, d_model 2048, 32 heads / 4 kv heads, d_ff 5632,
-vocab 32000, untied head), fp32 in shards of at most 1 GB, grown by `dl` to ~2.3B parameters
-(32 layers, d_model 2560, 40 heads / 5 kv heads, d_ff 6912) with `surgery grow --no-probe`.
+"""Streaming growth of a checkpoint bigger than comfortable memory, against the physical floor.
+
+`--size large`: a randomly initialised Llama of ~1.1B parameters (TinyLlama's shape: 22 layers,
+d_model 2048, 32 heads / 4 kv heads, d_ff 5632, vocab 32000, untied head), fp32 in 5 shards of at
+most 1 GiB, grown to ~2.3B (32 layers, d_model 2560, 40 heads / 5 kv heads, d_ff 6912); `--size
+small` (a few minutes): 16 layers, 1024, 16 / 4 heads, d_ff 2816 (0.25B, 4 shards) grown to 24
+layers, 1280, 20 / 5 heads, d_ff 3520 (0.50B). Each op of `--ops` runs as `surgery grow --no-probe`
+(`f`/`l` keep the depth).
 
 Measures peak resident memory and wall time with /usr/bin/time -v, compares with the time to simply
 read the source's bytes and write the output's bytes (the physical floor), and prints the dry run's
-estimate. Not a test: needs ~25 GB free under --work (default /tmp/surgery-bench) and minutes.
+estimate. Not a test: the large size needs ~25 GB free under --work (default /tmp/surgery-bench).
 
-    python bench/bench_stream.py [--size large|small] [--ops dl,f] [--threads N] [--work DIR] [--keep]
+    python bench/bench_stream.py [--size large|small] [--ops dl,f] [--threads N] [--repeat K] [--work DIR] [--keep]
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -97,6 +102,7 @@ def main() -> None:
     ap.add_argument("--size", choices=SIZES, default="large")
     ap.add_argument("--ops", default="dl,f", help="comma-separated growth ops to time (f and l grow width only)")
     ap.add_argument("--threads", type=int, default=None, help="surgery grow --threads (default: its own)")
+    ap.add_argument("--repeat", type=int, default=1, help="growth/floor pairs per op; medians are reported")
     ap.add_argument("--work", type=Path, default=Path("/tmp/surgery-bench"))
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints afterwards")
     args = ap.parse_args()
@@ -128,25 +134,32 @@ def main() -> None:
         estimate = re.search(r"memory: about ([\d.]+ \w+)", dry)
         print(f"[{op}] dry run: {wall_dry:.1f} s, peak RSS {rss_dry / 1024:.0f} MiB, "
               f"estimate {estimate.group(1) if estimate else '?'}")
-        load = os.getloadavg()[0]
-        wall, rss, text = timed(base + ["--out", str(out), "--no-probe"], env)
-        out_bytes = sum(f.stat().st_size for f in out.glob("*.safetensors"))
-        shards = sorted(f.stat().st_size for f in out.glob("*.safetensors"))
-        print(f"[{op}] grow: {wall:.1f} s wall, peak RSS {rss / 1024:.0f} MiB; read {src_bytes / 1e9:.2f} GB, "
-              f"wrote {out_bytes / 1e9:.2f} GB in {len(shards)} shards (largest {shards[-1] / 1e9:.2f} GB); "
-              f"load before {load:.1f}")
-        shutil.rmtree(out, ignore_errors=True)  # the floor writes as many bytes: give it the same disk
-        floor.unlink(missing_ok=True)
-        wall_floor, rss_floor, _ = timed([sys.executable, "-c", FLOOR, str(src), str(floor), str(out_bytes)], env)
-        floor.unlink(missing_ok=True)
-        print(f"[{op}] floor (read the source bytes, write as many bytes as the output): {wall_floor:.1f} s, "
-              f"peak RSS {rss_floor / 1024:.0f} MiB; grow / floor: {wall / wall_floor:.2f}x; "
-              f"load after {os.getloadavg()[0]:.1f}")
+        walls, floors, rsss, loads = [], [], [], []
+        for trial in range(args.repeat):
+            # Growth and floor alternate, so each pair sees about the same machine.
+            loads.append(os.getloadavg()[0])
+            wall, rss, text = timed(base + ["--out", str(out), "--no-probe"], env)
+            out_bytes = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+            shards = sorted(f.stat().st_size for f in out.glob("*.safetensors"))
+            shutil.rmtree(out, ignore_errors=True)  # the floor writes as many bytes: give it the same disk
+            floor.unlink(missing_ok=True)
+            wall_floor, _, _ = timed([sys.executable, "-c", FLOOR, str(src), str(floor), str(out_bytes)], env)
+            floor.unlink(missing_ok=True)
+            walls.append(wall)
+            floors.append(wall_floor)
+            rsss.append(rss)
+            print(f"[{op}] grow: {wall:.1f} s wall, peak RSS {rss / 1024:.0f} MiB; read {src_bytes / 1e9:.2f} GB, "
+                  f"wrote {out_bytes / 1e9:.2f} GB in {len(shards)} shards; floor (read the source bytes, write as "
+                  f"many bytes as the output): {wall_floor:.1f} s; grow / floor {wall / wall_floor:.2f}x; "
+                  f"load {loads[-1]:.1f} -> {os.getloadavg()[0]:.1f}", flush=True)
+        wall, wall_floor = statistics.median(walls), statistics.median(floors)
         results.append(dict(op=op, size=args.size, grow_wall_s=round(wall, 1), floor_wall_s=round(wall_floor, 1),
-                            ratio=round(wall / wall_floor, 2), grow_peak_rss_mib=round(rss / 1024),
+                            ratio=round(wall / wall_floor, 2), trials=len(walls),
+                            grow_peak_rss_mib=round(max(rsss) / 1024),
                             dry_run_estimate=estimate.group(1) if estimate else None,
                             imports_peak_rss_mib=round(rss_imp / 1024), src_gb=round(src_bytes / 1e9, 2),
-                            out_gb=round(out_bytes / 1e9, 2), threads=args.threads, load_before=round(load, 1)))
+                            out_gb=round(out_bytes / 1e9, 2), threads=args.threads,
+                            load=[round(x, 1) for x in loads]))
     for r in results:
         print(json.dumps(r))
     if not args.keep:

@@ -176,16 +176,16 @@ def grow_axis(t, axis, role, m: Mapping, rule: WidthRule, name: str = "") -> tor
     """t grown along `axis` by the rule of `role` (arithmetic in fp32, t's dtype)."""
     idx = m.src.clamp(min=0)
     per_copy = m.count[idx]  # copies of the source unit of each new unit
+    if role is Role.IN and rule.split != "random":
+        # Net2Net's reader split, divided while copying (one pass); no division where c = 1.
+        g = m.gather(t, axis, None if bool((per_copy == 1).all()) else per_copy)
+        return _fill_pad(g, axis, m, 0.0)
     g = m.gather(t, axis)  # padding units unset: each rule below fills them
     if role is Role.OUT:
         pad = t.mean(dim=axis, keepdim=True) if rule.pad_fill == "mean" else 0.0
         return _fill_pad(g, axis, m, pad)
     if role is Role.IN:
-        if rule.split == "random":
-            return _random_split(t, g, axis, m, rule, name)
-        if not bool((per_copy == 1).all()):
-            g.div_(_along(per_copy, axis, g.ndim))
-        return _fill_pad(g, axis, m, 0.0)
+        return _random_split(t, g, axis, m, rule, name)
     if role is Role.NORM:
         return _fill_pad(g.mul_(rule.norm_scale), axis, m, t.mean() * rule.norm_scale)
     if role is Role.NORM_BIAS:

@@ -41,21 +41,35 @@ class Mapping:
         source as a block, and only the units past the old width need a gather."""
         return self.new >= self.old and bool((self.src[: self.old] == torch.arange(self.old)).all())
 
-    def gather(self, t: torch.Tensor, axis: int) -> torch.Tensor:
-        """t grown along `axis` by copying units (new unit j = t's unit src[j]). Padding units are
-        left unset: every caller fills them."""
+    def gather(self, t: torch.Tensor, axis: int, divisor: torch.Tensor | None = None) -> torch.Tensor:
+        """t grown along `axis` by copying units (new unit j = t's unit src[j]), each divided by
+        divisor[j] if given (in the same pass as the copy). Padding units are left unset: every
+        caller fills them."""
+        def along(v: torch.Tensor) -> torch.Tensor:
+            shape = [1] * t.ndim
+            shape[axis] = -1
+            return v.reshape(shape)
+
         if not self.keeps_old:
-            return t.index_select(axis, self.src.clamp(min=0))
+            g = t.index_select(axis, self.src.clamp(min=0))
+            return g if divisor is None else g.div_(along(divisor))
         shape = list(t.shape)
         shape[axis] = self.new
         out = torch.empty(shape, dtype=t.dtype)
-        out.narrow(axis, 0, self.old).copy_(t)
+        if divisor is None:
+            out.narrow(axis, 0, self.old).copy_(t)
+        else:
+            torch.div(t, along(divisor[: self.old]), out=out.narrow(axis, 0, self.old))
         extra = self.src[self.old:]
         copied = (extra >= 0).nonzero().flatten()
-        if copied.numel() == extra.numel():
-            out.narrow(axis, self.old, extra.numel()).copy_(t.index_select(axis, extra))
-        elif copied.numel():
-            out.index_copy_(axis, copied + self.old, t.index_select(axis, extra[copied]))
+        if copied.numel():
+            g = t.index_select(axis, extra[copied])
+            if divisor is not None:
+                g.div_(along(divisor[self.old:][copied]))
+            if copied.numel() == extra.numel():
+                out.narrow(axis, self.old, extra.numel()).copy_(g)
+            else:
+                out.index_copy_(axis, copied + self.old, g)
         return out
 
     @cached_property

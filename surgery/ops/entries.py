@@ -137,10 +137,23 @@ class Widen(Entry):
 
     def weight(self, src):
         t = self.base.weight(src)
-        for a in self._axes_in_order():
-            m = self.rule.maps.get(self.axes[a].kind)
-            if m is not None and not m.is_identity:
-                t = grow_axis(t, a, self.axes[a].role, m, self.rule, self.name)
+        grown = [a for a in self._axes_in_order()
+                 if (m := self.rule.maps.get(self.axes[a].kind)) is not None and not m.is_identity]
+        if len(grown) == 2 and all(self.axes[a].role in (Role.OUT, Role.IN) for a in grown) \
+                and self.rule.maps[self.axes[grown[1]].kind].keeps_old:
+            # A matrix grown along both axes: the first growth is written straight into the
+            # second one's kept units, which then grows in place - no intermediate tensor.
+            (a1, a2), rule = grown, self.rule
+            m1, m2 = rule.maps[self.axes[a1].kind], rule.maps[self.axes[a2].kind]
+            final = torch.empty(self.shape, dtype=t.dtype)
+            region = final.narrow(a2, 0, m2.old)
+            made = grow_axis(t, a1, self.axes[a1].role, m1, rule, self.name, out=region)
+            if made is not region:
+                region.copy_(made)
+            del t, made
+            return grow_axis(region, a2, self.axes[a2].role, m2, rule, self.name, out=final)
+        for a in grown:
+            t = grow_axis(t, a, self.axes[a].role, self.rule.maps[self.axes[a].kind], self.rule, self.name)
         return t
 
     def moment(self, src, key):
@@ -172,15 +185,16 @@ def _fill_pad(t: torch.Tensor, axis: int, m: Mapping, value: torch.Tensor | floa
     return t.index_fill_(axis, pos, float(value))
 
 
-def grow_axis(t, axis, role, m: Mapping, rule: WidthRule, name: str = "") -> torch.Tensor:
-    """t grown along `axis` by the rule of `role` (arithmetic in fp32, t's dtype)."""
+def grow_axis(t, axis, role, m: Mapping, rule: WidthRule, name: str = "", out=None) -> torch.Tensor:
+    """t grown along `axis` by the rule of `role` (arithmetic in fp32, t's dtype). out: where to
+    put an OUT or IN result (see Mapping.gather)."""
     idx = m.src.clamp(min=0)
     per_copy = m.count[idx]  # copies of the source unit of each new unit
     if role is Role.IN and rule.split != "random":
         # Net2Net's reader split, divided while copying (one pass); no division where c = 1.
-        g = m.gather(t, axis, None if bool((per_copy == 1).all()) else per_copy)
+        g = m.gather(t, axis, None if bool((per_copy == 1).all()) else per_copy, out=out)
         return _fill_pad(g, axis, m, 0.0)
-    g = m.gather(t, axis)  # padding units unset: each rule below fills them
+    g = m.gather(t, axis, out=out if role in (Role.OUT, Role.IN) else None)  # padding unset: filled below
     if role is Role.OUT:
         pad = t.mean(dim=axis, keepdim=True) if rule.pad_fill == "mean" else 0.0
         return _fill_pad(g, axis, m, pad)

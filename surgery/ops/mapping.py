@@ -41,10 +41,12 @@ class Mapping:
         source as a block, and only the units past the old width need a gather."""
         return self.new >= self.old and bool((self.src[: self.old] == torch.arange(self.old)).all())
 
-    def gather(self, t: torch.Tensor, axis: int, divisor: torch.Tensor | None = None) -> torch.Tensor:
+    def gather(self, t: torch.Tensor, axis: int, divisor: torch.Tensor | None = None,
+               out: torch.Tensor | None = None) -> torch.Tensor:
         """t grown along `axis` by copying units (new unit j = t's unit src[j]), each divided by
-        divisor[j] if given (in the same pass as the copy). Padding units are left unset: every
-        caller fills them."""
+        divisor[j] if given (in the same pass as the copy), into `out` if given (t may then be
+        out's own first `old` units: they are grown in place). Padding units are left unset:
+        every caller fills them."""
         def along(v: torch.Tensor) -> torch.Tensor:
             shape = [1] * t.ndim
             shape[axis] = -1
@@ -52,18 +54,24 @@ class Mapping:
 
         if not self.keeps_old:
             g = t.index_select(axis, self.src.clamp(min=0))
-            return g if divisor is None else g.div_(along(divisor))
-        shape = list(t.shape)
-        shape[axis] = self.new
-        out = torch.empty(shape, dtype=t.dtype)
-        if divisor is None:
-            out.narrow(axis, 0, self.old).copy_(t)
-        else:
-            torch.div(t, along(divisor[: self.old]), out=out.narrow(axis, 0, self.old))
+            if divisor is not None:
+                g.div_(along(divisor))
+            return g if out is None else out.copy_(g)
+        if out is None:
+            shape = list(t.shape)
+            shape[axis] = self.new
+            out = torch.empty(shape, dtype=t.dtype)
+        kept = out.narrow(axis, 0, self.old)
+        in_place = kept.data_ptr() == t.data_ptr() and kept.stride() == t.stride()
         extra = self.src[self.old:]
         copied = (extra >= 0).nonzero().flatten()
-        if copied.numel():
-            g = t.index_select(axis, extra[copied])
+        # The new units first: in place, the kept units are about to change.
+        g = t.index_select(axis, extra[copied]) if copied.numel() else None
+        if divisor is not None:
+            torch.div(t, along(divisor[: self.old]), out=kept)
+        elif not in_place:
+            kept.copy_(t)
+        if g is not None:
             if divisor is not None:
                 g.div_(along(divisor[self.old:][copied]))
             if copied.numel() == extra.numel():

@@ -1,13 +1,17 @@
-"""Streaming growth of a checkpoint bigger than comfortable memory: a randomly initialised Llama of
-~1.1B parameters (TinyLlama's shape: 22 layers, d_model 2048, 32 heads / 4 kv heads, d_ff 5632,
-vocab 32000, untied head), fp32 in shards of at most 1 GB, grown by `dl` to ~2.3B parameters
-(32 layers, d_model 2560, 40 heads / 5 kv heads, d_ff 6912) with `surgery grow --no-probe`.
+"""Streaming growth of a checkpoint bigger than comfortable memory, against the physical floor.
+
+`--size large`: a randomly initialised Llama of ~1.1B parameters (TinyLlama's shape: 22 layers,
+d_model 2048, 32 heads / 4 kv heads, d_ff 5632, vocab 32000, untied head), fp32 in 5 shards of at
+most 1 GiB, grown to ~2.3B (32 layers, d_model 2560, 40 heads / 5 kv heads, d_ff 6912); `--size
+small` (a few minutes): 16 layers, 1024, 16 / 4 heads, d_ff 2816 (0.25B, 4 shards) grown to 24
+layers, 1280, 20 / 5 heads, d_ff 3520 (0.50B). Each op of `--ops` runs as `surgery grow --no-probe`
+(`f`/`l` keep the depth).
 
 Measures peak resident memory and wall time with /usr/bin/time -v, compares with the time to simply
 read the source's bytes and write the output's bytes (the physical floor), and prints the dry run's
-estimate. Not a test: needs ~25 GB free under --work (default /tmp/surgery-bench) and minutes.
+estimate. Not a test: the large size needs ~25 GB free under --work (default /tmp/surgery-bench).
 
-    python bench/bench_stream.py [--work /tmp/surgery-bench] [--keep]
+    python bench/bench_stream.py [--size large|small] [--ops dl,f] [--threads N] [--repeat K] [--work DIR] [--keep]
 """
 
 from __future__ import annotations
@@ -17,18 +21,24 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SRC = dict(layers=22, d_model=2048, heads=32, kv_heads=4, d_ff=5632, vocab=32000, head="untied", max_positions=2048)
-TO = "layers=32,d_model=2560,heads=40,kv_heads=5,d_ff=6912"
-SHARD = 1024**3
+# size -> (source dims, `--to` of the target); both keep vocab 32000 and the untied head.
+SIZES = {
+    "large": (dict(layers=22, d_model=2048, heads=32, kv_heads=4, d_ff=5632),
+              "layers=32,d_model=2560,heads=40,kv_heads=5,d_ff=6912", 1024**3),  # 1.10B -> 2.33B, 5 shards
+    "small": (dict(layers=16, d_model=1024, heads=16, kv_heads=4, d_ff=2816),
+              "layers=24,d_model=1280,heads=20,kv_heads=5,d_ff=3520", 256 * 1024**2),  # 0.25B -> 0.50B, 4 shards
+}
+COMMON = dict(vocab=32000, head="untied", max_positions=2048)
 
 
-def make_source(folder: Path) -> None:
+def make_source(folder: Path, dims: dict, shard: int) -> None:
     """Write the source checkpoint tensor by tensor (never the whole model in memory)."""
     import torch
     from transformers import LlamaConfig
@@ -37,7 +47,7 @@ def make_source(folder: Path) -> None:
     from surgery.io import TensorTask, save_checkpoint
     from surgery.spec import ModelSpec
 
-    spec = ModelSpec(family="llama", **SRC)
+    spec = ModelSpec(family="llama", **dims, **COMMON)
     layout = Layout("LlamaForCausalLM", untied_head=True)
     dims = LLAMA.dims(spec, {})
     gen = torch.Generator().manual_seed(0)
@@ -49,13 +59,15 @@ def make_source(folder: Path) -> None:
              for s in LLAMA.view(spec, layout)]
     config = LlamaConfig(**spec.hf_config()).to_dict()
     config["architectures"] = ["LlamaForCausalLM"]
-    save_checkpoint(folder, tasks, config, shard_bytes=SHARD)
+    save_checkpoint(folder, tasks, config, shard_bytes=shard)
     print(f"source: {spec.params:,} parameters, {sum(t.nbytes for t in tasks) / 1e9:.2f} GB in "
           f"{len(list(folder.glob('*.safetensors')))} shards")
 
 
 def timed(cmd: list[str], env: dict) -> tuple[float, int, str]:
-    """(wall seconds, peak RSS KiB, stdout) of cmd under /usr/bin/time -v."""
+    """(wall seconds, peak RSS KiB, stdout) of cmd under /usr/bin/time -v, started with no dirty
+    pages left over from an earlier step (so each step pays for its own writeback only)."""
+    os.sync()
     t0 = time.perf_counter()
     r = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
@@ -87,53 +99,71 @@ with open(out, "wb", buffering=0) as f:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--size", choices=SIZES, default="large")
+    ap.add_argument("--ops", default="dl,f", help="comma-separated growth ops to time (f and l grow width only)")
+    ap.add_argument("--threads", type=int, default=None, help="surgery grow --threads (default: its own)")
+    ap.add_argument("--repeat", type=int, default=1, help="growth/floor pairs per op; medians are reported")
     ap.add_argument("--work", type=Path, default=Path("/tmp/surgery-bench"))
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints afterwards")
     args = ap.parse_args()
     work = args.work
-    src, out, floor = work / "llama-1.1b", work / "llama-2.3b", work / "floor.bin"
+    dims, to, shard = SIZES[args.size]
+    src, floor = work / f"llama-{args.size}", work / "floor.bin"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    if not (src / "model.safetensors.index.json").is_file():
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start; "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    if not (src / "config.json").is_file():
         shutil.rmtree(src, ignore_errors=True)
         t0 = time.perf_counter()
         sys.path.insert(0, str(ROOT))
-        make_source(src)
+        make_source(src, dims, shard)
         print(f"made the source in {time.perf_counter() - t0:.0f} s")
-    shutil.rmtree(out, ignore_errors=True)
-    floor.unlink(missing_ok=True)
-
-    base = [sys.executable, "-m", "surgery", "grow", str(src), "--op", "dl", "--to", TO]
-    wall_dry, rss_dry, dry = timed(base + ["--dry-run"], env)
-    print(dry)
-    print(f"dry run: {wall_dry:.1f} s, peak RSS {rss_dry / 1024:.0f} MiB")
     wall_imp, rss_imp, _ = timed([sys.executable, "-c", "import surgery.ops, surgery.io"], env)
     print(f"imports alone: {wall_imp:.1f} s, peak RSS {rss_imp / 1024:.0f} MiB")
-
-    wall, rss, text = timed(base + ["--out", str(out), "--no-probe"], env)
     src_bytes = sum(f.stat().st_size for f in src.glob("*.safetensors"))
-    out_bytes = sum(f.stat().st_size for f in out.glob("*.safetensors"))
-    shards = sorted(f.stat().st_size for f in out.glob("*.safetensors"))
-    print(f"grow dl: {wall:.1f} s wall, peak RSS {rss / 1024:.0f} MiB; read {src_bytes / 1e9:.2f} GB, "
-          f"wrote {out_bytes / 1e9:.2f} GB in {len(shards)} shards (largest {shards[-1] / 1e9:.2f} GB)")
-
-    wall_floor, rss_floor, _ = timed([sys.executable, "-c", FLOOR, str(src), str(floor), str(out_bytes)], env)
-    print(f"floor (read the source bytes, write as many bytes as the output): {wall_floor:.1f} s, "
-          f"peak RSS {rss_floor / 1024:.0f} MiB")
-    print(f"grow / floor: {wall / wall_floor:.1f}x")
-
-    index = json.loads((out / "model.safetensors.index.json").read_text())
-    from_headers = subprocess.run([sys.executable, "-c",
-                                   "import sys; from surgery.io import load_checkpoint; c = load_checkpoint(sys.argv[1]); "
-                                   "print(c.spec.describe(), c.spec.params)", str(out)],
-                                  capture_output=True, text=True, env=env).stdout.strip()
-    print(f"output: {from_headers}; {len(index['weight_map'])} tensors")
-    result = dict(grow_wall_s=round(wall, 1), grow_peak_rss_mib=round(rss / 1024), floor_wall_s=round(wall_floor, 1),
-                  imports_peak_rss_mib=round(rss_imp / 1024), dry_run_peak_rss_mib=round(rss_dry / 1024),
-                  src_gb=round(src_bytes / 1e9, 2), out_gb=round(out_bytes / 1e9, 2), out_shards=len(shards))
-    print(json.dumps(result))
-    floor.unlink(missing_ok=True)
-    if not args.keep:
+    results = []
+    for op in args.ops.split(","):
+        # f and l change width only: keep the source's depth.
+        op_to = to if op.startswith("d") else ",".join(p for p in to.split(",") if not p.startswith("layers="))
+        out = work / f"grown-{op}"
         shutil.rmtree(out, ignore_errors=True)
+        base = [sys.executable, "-m", "surgery", "grow", str(src), "--op", op, "--to", op_to]
+        if args.threads is not None:
+            base += ["--threads", str(args.threads)]
+        wall_dry, rss_dry, dry = timed(base + ["--dry-run"], env)
+        estimate = re.search(r"memory: about ([\d.]+ \w+)", dry)
+        print(f"[{op}] dry run: {wall_dry:.1f} s, peak RSS {rss_dry / 1024:.0f} MiB, "
+              f"estimate {estimate.group(1) if estimate else '?'}")
+        walls, floors, rsss, loads = [], [], [], []
+        for trial in range(args.repeat):
+            # Growth and floor alternate, so each pair sees about the same machine.
+            loads.append(os.getloadavg()[0])
+            wall, rss, text = timed(base + ["--out", str(out), "--no-probe"], env)
+            out_bytes = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+            shards = sorted(f.stat().st_size for f in out.glob("*.safetensors"))
+            shutil.rmtree(out, ignore_errors=True)  # the floor writes as many bytes: give it the same disk
+            floor.unlink(missing_ok=True)
+            wall_floor, _, _ = timed([sys.executable, "-c", FLOOR, str(src), str(floor), str(out_bytes)], env)
+            floor.unlink(missing_ok=True)
+            walls.append(wall)
+            floors.append(wall_floor)
+            rsss.append(rss)
+            print(f"[{op}] grow: {wall:.1f} s wall, peak RSS {rss / 1024:.0f} MiB; read {src_bytes / 1e9:.2f} GB, "
+                  f"wrote {out_bytes / 1e9:.2f} GB in {len(shards)} shards; floor (read the source bytes, write as "
+                  f"many bytes as the output): {wall_floor:.1f} s; grow / floor {wall / wall_floor:.2f}x; "
+                  f"load {loads[-1]:.1f} -> {os.getloadavg()[0]:.1f}", flush=True)
+        wall, wall_floor = statistics.median(walls), statistics.median(floors)
+        results.append(dict(op=op, size=args.size, grow_wall_s=round(wall, 1), floor_wall_s=round(wall_floor, 1),
+                            ratio=round(wall / wall_floor, 2), trials=len(walls),
+                            grow_peak_rss_mib=round(max(rsss) / 1024),
+                            dry_run_estimate=estimate.group(1) if estimate else None,
+                            imports_peak_rss_mib=round(rss_imp / 1024), src_gb=round(src_bytes / 1e9, 2),
+                            out_gb=round(out_bytes / 1e9, 2), threads=args.threads,
+                            load=[round(x, 1) for x in loads]))
+    for r in results:
+        print(json.dumps(r))
+    if not args.keep:
+        shutil.rmtree(src, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 Each growth runs in a fresh child process, so its peak RSS (VmHWM) is the growth's own, with
 the imports (torch + transformers) measured separately as the baseline.
 
-    python kb2b/bench_grow.py [--ops f,l,a] [--work DIR]
+    python kb2b/bench_grow.py [--ops f,l,a] [--work DIR] [--threads N] [--probe]
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ from surgery.spec import ModelSpec
 base_rss = hwm_kib()
 t1 = time.perf_counter()
 if sys.argv[1] != "imports-only":
-    grow_checkpoint(sys.argv[2], ModelSpec(**json.loads(sys.argv[3])), sys.argv[1], sys.argv[4], seed=0)
+    grow_checkpoint(sys.argv[2], ModelSpec(**json.loads(sys.argv[3])), sys.argv[1], sys.argv[4], seed=0,
+                    threads=int(sys.argv[5]) or None)
 t2 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "grow_s": t2 - t1, "import_rss_kib": base_rss,
                   "peak_rss_kib": hwm_kib()}))
@@ -50,7 +51,8 @@ def folder_bytes(path: Path) -> int:
 
 
 def run_child(*args: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    # THP as `surgery grow` sets it (surgery/cli.py), before torch loads in the child.
+    env = {"THP_MEM_ALLOC_ENABLE": "1", **os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", CHILD, *args], check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -60,6 +62,7 @@ def main() -> None:
     ap.add_argument("--ops", default="f,l,a")
     ap.add_argument("--work", default=None)
     ap.add_argument("--probe", action="store_true", help="also load both models and measure the logit change")
+    ap.add_argument("--threads", type=int, default=0, help="pipeline workers (default: grow_checkpoint's)")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from surgery.families import build_model
@@ -70,7 +73,7 @@ def main() -> None:
     src = work / "t5-small"
     if not src.exists():
         save_checkpoint(src, build_model(ModelSpec(**SMALL), seed=0))
-    base = run_child("imports-only", "", "", "")
+    base = run_child("imports-only", "", "", "", "0")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB RAM, "
           f"python {platform.python_version()}")
@@ -85,7 +88,7 @@ def main() -> None:
             import shutil
 
             shutil.rmtree(out)
-        r = run_child(op, str(src), json.dumps(BASE), str(out))
+        r = run_child(op, str(src), json.dumps(BASE), str(out), str(args.threads))
         size = folder_bytes(out)
         extra = (r["peak_rss_kib"] - base["import_rss_kib"]) * 1024
         print(f"| {op} | {r['grow_s']:.1f} | {r['peak_rss_kib'] / 2**10:.0f} | {size / 2**20:.0f} | "

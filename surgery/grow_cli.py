@@ -41,11 +41,48 @@ def parse_to(text: str, base: ModelSpec) -> ModelSpec:
             raise SurgeryError(f"--to: unknown key {key!r} (known: {', '.join(INT_KEYS + TEXT_KEYS)})")
     if "heads" in update and "d_kv" not in update and base.d_kv is not None:
         update["d_kv"] = base.d_kv
+    _heads_follow_width(update, base)
     try:
         return ModelSpec(**{**base.model_dump(), **update})
     except ValueError as err:
         msg = err.errors()[0]["msg"] if hasattr(err, "errors") else str(err)
         raise SurgeryError(f"--to: {msg.removeprefix('Value error, ')}") from None
+
+
+def _heads_follow_width(update: dict, base: ModelSpec) -> None:
+    """Heads grow as whole heads, so a new d_model means new heads at the source's head size:
+    `--to d_model=768` on a 12-head, 64-wide-head model gives heads=12 -> 768/64. Only where the
+    head size follows from d_model / heads (BERT, GPT-2, and T5/Llama without an explicit d_kv),
+    and never over a heads= the user gave; a d_model that no head count fits is refused naming
+    the d_model and heads that would."""
+    if "d_kv" in update or base.d_kv is not None:
+        return
+    d, size = update.get("d_model", base.d_model), base.head_dim
+    t5 = " (or give d_kv= to change the head size)" if base.family == "t5" else ""
+    if "heads" in update:
+        h = update["heads"]
+        if d % h == 0 and d // h != size and d % size == 0:
+            raise SurgeryError(f"--to: heads grow as whole heads of size {size} (d_model {base.d_model} / heads "
+                               f"{base.heads}); d_model={d} with heads={h} makes them {d // h}: "
+                               f"give heads={d // size}{t5}")
+        return
+    if d == base.d_model:
+        return
+    if d % size:
+        lo, hi = d // size * size, (d // size + 1) * size
+        options = ([f"d_model={lo} with heads={lo // size}"] if lo > base.d_model else []) + \
+                  [f"d_model={hi} with heads={hi // size}"]
+        raise SurgeryError(f"--to: heads grow as whole heads of size {size} (d_model {base.d_model} / heads "
+                           f"{base.heads}), and d_model={d} is not a multiple of {size}: "
+                           f"use {' or '.join(options)}{t5}")
+    update["heads"] = d // size
+    if base.kv_heads is not None and "kv_heads" not in update:
+        # Grouped-query attention: keep the query heads per kv head, so the kv heads grow with them.
+        g = base.group_size
+        if update["heads"] % g:
+            raise SurgeryError(f"--to: d_model={d} gives heads={update['heads']}, not a multiple of the "
+                               f"{g} query heads per kv head: give kv_heads= (a divisor of {update['heads']})")
+        update["kv_heads"] = update["heads"] // g
 
 
 def _int(key: str, value: str) -> int:
@@ -80,7 +117,17 @@ def _table(plan):
     return table
 
 
-def dry_run_command(src: Path, *, op: str, to: str, seed: int = 0) -> None:
+def check_stream_options(threads: int | None, dtype: str | None) -> None:
+    from surgery.ops import OUT_DTYPES
+
+    if threads is not None and not 1 <= threads <= 256:
+        raise SurgeryError(f"--threads must be between 1 and 256, got {threads}")
+    if dtype is not None and dtype not in OUT_DTYPES:
+        raise SurgeryError(f"--dtype: unknown dtype {dtype!r} (choose one of {', '.join(OUT_DTYPES)})")
+
+
+def dry_run_command(src: Path, *, op: str, to: str, seed: int = 0, threads: int | None = None,
+                    dtype: str | None = None) -> None:
     """Plan a growth from the safetensors headers alone and print the memory it will need."""
     from rich.console import Console
 
@@ -93,13 +140,14 @@ def dry_run_command(src: Path, *, op: str, to: str, seed: int = 0) -> None:
     console = Console()
     ckpt = load_checkpoint(src)
     dst = parse_to(to, ckpt.spec)
-    cp = plan_checkpoint(src, dst, op, seed=seed)
+    cp = plan_checkpoint(src, dst, op, seed=seed, threads=threads, dtype=dtype)
     plan = cp.plan
     _print_plan(console, plan, ckpt.spec, dst, " (dry run, weights not read)")
     console.print(f"weights ({cp.dtype}): read {human_bytes(cp.src_bytes)}, write {human_bytes(cp.out_bytes)}; "
                   f"disk needed at the output: {human_bytes(cp.out_bytes)}")
-    console.print(f"memory: about {human_bytes(cp.peak_bytes)} peak resident (streaming one tensor at a time; "
-                  f"the largest working set is {cp.peak_tensor})")
+    console.print(f"memory: about {human_bytes(cp.peak_bytes)} peak resident (streamed on {cp.threads} "
+                  f"thread{'s' if cp.threads > 1 else ''}, the pipeline holding at most "
+                  f"{'twice ' if cp.threads > 1 else ''}the largest working set, {cp.peak_tensor}'s)")
     console.print(f"the probe (skip with --no-probe) loads both models: about {human_bytes(4 * (ckpt.spec.params + dst.params))} in fp32")
     for note in plan.notes:
         console.print(f"[yellow]note:[/] {note}")
@@ -115,7 +163,8 @@ def _print_plan(console, plan, src: ModelSpec, dst: ModelSpec, suffix: str = "")
             console.print(f"{stack} layers from source: {layers}" + (" (repeats start as identity)" if plan.op.identity else ""))
 
 
-def grow_command(src: Path, *, op: str, to: str, out: Path, seed: int = 0, probe: bool = True) -> None:
+def grow_command(src: Path, *, op: str, to: str, out: Path, seed: int = 0, probe: bool = True,
+                 threads: int | None = None, dtype: str | None = None) -> None:
     from rich.console import Console
 
     from surgery.io import load_checkpoint
@@ -134,7 +183,7 @@ def grow_command(src: Path, *, op: str, to: str, out: Path, seed: int = 0, probe
         return compress_command(src, op=name, to=to, out=out, console=console, probe=probe, options=options)
     ckpt = load_checkpoint(src)
     dst = parse_to(to, ckpt.spec)
-    plan = grow_checkpoint(src, dst, op, out, seed=seed)
+    plan = grow_checkpoint(src, dst, op, out, seed=seed, threads=threads, dtype=dtype)
 
     _print_plan(console, plan, ckpt.spec, dst)
     eps_key = plan.family.eps_key

@@ -73,9 +73,13 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
         except (KeyError, TypeError, ValueError) as err:
             raise HeaderError(f"{path}: not a readable safetensors file (bad entry for {name}: {err})") from None
         t = TensorInfo(name, path, dtype, shape, base + int(a), base + int(b))
-        if dtype not in DTYPE_BYTES or t.numel * DTYPE_BYTES[dtype] != t.nbytes or t.end > size or t.start < base:
+        if dtype not in DTYPE_BYTES or t.numel * DTYPE_BYTES[dtype] != t.nbytes or t.start < base:
             raise HeaderError(f"{path}: not a readable safetensors file (entry {name} is inconsistent)")
         out[name] = t
+    need = max((t.end for t in out.values()), default=base)
+    if need > size:
+        # A copy or download cut short: say so, rather than fail on whichever tensor is read last.
+        raise HeaderError(f"{path}: truncated: its header describes {need:,} bytes, the file has {size:,}")
     return out
 
 

@@ -22,6 +22,8 @@ import json
 import os
 import shutil
 import struct
+import threading
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +105,8 @@ class Checkpoint:
         except OSError as err:
             raise SurgeryError(f"{info.file}: cannot read tensor {name} ({err})") from None
         if got != info.nbytes:
-            raise SurgeryError(f"{info.file}: cannot read tensor {name} (file truncated)")
+            raise SurgeryError(f"{info.file}: truncated while reading tensor {name} "
+                               f"(the file ends before byte {info.end:,})")
         return buf.view(_DTYPES[info.dtype]).reshape(info.shape)
 
     def dtype(self, name: str) -> torch.dtype:
@@ -127,6 +130,10 @@ class TensorTask:
     shape: tuple[int, ...]
     dtype: torch.dtype
     make: Callable[[], torch.Tensor]
+    cost: int | None = None  # peak bytes while making it (surgery/ops/memory.py); None: 2x its bytes
+    # The name of an earlier task known to make the same bytes (a layer repeated by depth growth):
+    # its bytes are copied from where that one was written instead of being made again.
+    same_as: str | None = None
 
     @property
     def nbytes(self) -> int:
@@ -134,6 +141,109 @@ class TensorTask:
         for s in self.shape:
             n *= s
         return n * torch.empty((), dtype=self.dtype).element_size()
+
+    @property
+    def working_bytes(self) -> int:
+        if self.same_as is not None:
+            return 0
+        return max(self.cost if self.cost is not None else 2 * self.nbytes, self.nbytes)
+
+    def made(self) -> torch.Tensor:
+        """The tensor, checked against the plan, contiguous in the planned dtype on the CPU."""
+        x = self.make()
+        if tuple(x.shape) != tuple(self.shape):
+            raise RuntimeError(f"{self.name}: made shape {tuple(x.shape)}, planned {self.shape}")
+        return x.detach().to("cpu", self.dtype).contiguous()
+
+
+def default_threads() -> int:
+    """Workers of the streaming pipeline: the CPUs this process may use, at most 4 (beyond that the
+    disk, not the arithmetic, is the limit, and each worker holds a tensor)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    return max(1, min(4, n))
+
+
+def pipeline_budget(tasks: list[TensorTask]) -> int:
+    """Bytes the pipeline may hold at once (tensors being made plus made ones waiting for the
+    writer): twice the largest single working set, so memory follows the largest tensor, not
+    the thread count or the model."""
+    return 2 * max((t.working_bytes for t in tasks), default=0)
+
+
+class _Pipeline:
+    """Makes tasks on a small thread pool, ahead of a writer that takes them in order.
+
+    A task is admitted while the bytes held (working sets of tasks being made, results waiting to
+    be written) stay within the budget; the next task in order is always admitted, so one tensor
+    larger than the budget still runs. Each task is computed from its own inputs (random draws
+    keyed by tensor name), so the bytes do not depend on the thread count or the timing."""
+
+    def __init__(self, tasks: list[TensorTask], threads: int, budget: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.tasks, self.budget = tasks, budget
+        self.lock = threading.RLock()  # a future done at once runs its callback inside _admit
+        self.futures: dict[int, object] = {}
+        self.held = 0  # bytes admitted and not yet released
+        self.next = 0  # next task to admit
+        self.written = 0  # tasks handed to the writer
+        self.closed = False
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="surgery-grow", initializer=_one_torch_thread)
+
+    def _admit(self) -> None:
+        with self.lock:
+            while not self.closed and self.next < len(self.tasks):
+                t = self.tasks[self.next]
+                if self.next > self.written and self.held + t.working_bytes > self.budget:
+                    break
+                self.held += t.working_bytes
+                if t.same_as is not None:
+                    fut = Future()
+                    fut.set_result(None)
+                else:
+                    fut = self.pool.submit(t.made)
+                self.futures[self.next] = fut
+                self.next += 1
+                # Last: a future already done runs its callback (and a nested _admit) right here.
+                fut.add_done_callback(lambda f, t=t: self._done(f, t))
+
+    def _done(self, fut, task: TensorTask) -> None:
+        # Made: the working set shrinks to the result, which waits for the writer.
+        if task.same_as is None and not fut.cancelled() and fut.exception() is None:
+            with self.lock:
+                self.held -= task.working_bytes - task.nbytes
+            self._admit()
+
+    def __iter__(self):
+        try:
+            for i, task in enumerate(self.tasks):
+                self._admit()
+                x = self.futures.pop(i).result()
+                yield task, x
+                del x
+                with self.lock:
+                    self.held -= task.nbytes if task.same_as is None else 0
+                    self.written = i + 1
+        finally:
+            with self.lock:
+                self.closed = True
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _one_torch_thread() -> None:
+    # The pool is the parallelism: intra-op threads on top would oversubscribe the cores.
+    torch.set_num_threads(1)
+
+
+def _made_in_order(tasks: list[TensorTask], threads: int, budget: int | None):
+    if threads <= 1:
+        for t in tasks:
+            yield t, (t.made() if t.same_as is None else None)
+        return
+    yield from _Pipeline(tasks, threads, budget if budget is not None else pipeline_budget(tasks))
 
 
 @contextmanager
@@ -157,7 +267,7 @@ def atomic_folder(out_dir: str | Path):
         raise
 
 
-def _write_safetensors(path: Path, tasks: list[TensorTask], metadata: dict[str, str]) -> None:
+def _header(tasks: list[TensorTask], metadata: dict[str, str]) -> bytes:
     header: dict = {"__metadata__": metadata}
     offset = 0
     for t in tasks:
@@ -165,21 +275,40 @@ def _write_safetensors(path: Path, tasks: list[TensorTask], metadata: dict[str, 
         offset += t.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for t in tasks:
-            x = t.make()
-            if tuple(x.shape) != tuple(t.shape):
-                raise RuntimeError(f"{t.name}: made shape {tuple(x.shape)}, planned {t.shape}")
-            x = x.detach().to("cpu", t.dtype).contiguous()
-            if x.numel():
-                f.write(memoryview(x.reshape(-1).view(torch.uint8).numpy()))  # no bytes copy
-            del x
+    return struct.pack("<Q", len(raw)) + raw
 
 
-def write_tensors(folder: Path, tasks: Iterable[TensorTask], shard_bytes: int = DEFAULT_SHARD_BYTES) -> list[str]:
-    """Write tasks into `folder` as model.safetensors or shards + index. Returns the file names."""
+def _copy_bytes(src: Path, offset: int, f, nbytes: int) -> None:
+    """Append nbytes of src from offset to the open file f: in the kernel (copy_file_range, no
+    pass through this process's memory) where it can, else by chunks through a small buffer."""
+    f.flush()
+    pos = f.tell()
+    with open(src, "rb", buffering=0) as r:
+        done = 0
+        try:
+            while done < nbytes:
+                n = os.copy_file_range(r.fileno(), f.fileno(), nbytes - done, offset + done, pos + done)
+                if n <= 0:
+                    raise OSError("copy_file_range made no progress")
+                done += n
+        except (AttributeError, OSError):
+            buf = bytearray(min(nbytes - done, 64 << 20) or 1)
+            while done < nbytes:
+                n = os.preadv(r.fileno(), [memoryview(buf)[: min(len(buf), nbytes - done)]], offset + done)
+                if n <= 0:
+                    raise OSError(f"{src}: ended while copying {nbytes} bytes at {offset}") from None
+                os.pwrite(f.fileno(), memoryview(buf)[:n], pos + done)
+                done += n
+    f.seek(pos + nbytes)
+
+
+def write_tensors(folder: Path, tasks: Iterable[TensorTask], shard_bytes: int = DEFAULT_SHARD_BYTES, *,
+                  threads: int = 1, budget: int | None = None) -> list[str]:
+    """Write tasks into `folder` as model.safetensors or shards + index. Returns the file names.
+
+    Each shard's header is laid out from the planned shapes first; tensors are then made (on
+    `threads` workers, within `budget` bytes held; see _Pipeline) and written in order as soon as
+    they are made. The bytes do not depend on `threads`."""
     tasks = list(tasks)
     shards: list[list[TensorTask]] = [[]]
     size = 0
@@ -190,14 +319,27 @@ def write_tensors(folder: Path, tasks: Iterable[TensorTask], shard_bytes: int = 
         shards[-1].append(t)
         size += t.nbytes
     meta = {"format": "pt"}
+    names = ([SINGLE_NAME] if len(shards) == 1 else
+             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    made = _made_in_order(tasks, threads, budget)
+    written: dict[str, tuple[Path, int]] = {}  # name -> (file, offset of its bytes)
+    try:
+        for name, shard in zip(names, shards):
+            with open(folder / name, "wb") as f:
+                f.write(_header(shard, meta))
+                for task in shard:
+                    _, x = next(made)
+                    written[task.name] = (folder / name, f.tell())
+                    if x is None:
+                        _copy_bytes(*written[task.same_as], f, task.nbytes)
+                    elif x.numel():
+                        f.write(memoryview(x.reshape(-1).view(torch.uint8).numpy()))  # no bytes copy
+                    del x
+    finally:
+        made.close()  # on an error: cancel what is queued, wait for the workers
     if len(shards) == 1:
-        _write_safetensors(folder / SINGLE_NAME, shards[0], meta)
-        return [SINGLE_NAME]
-    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    weight_map = {}
-    for name, shard in zip(names, shards):
-        _write_safetensors(folder / name, shard, meta)
-        weight_map.update({t.name: name for t in shard})
+        return names
+    weight_map = {t.name: name for name, shard in zip(names, shards) for t in shard}
     index = {"metadata": {"total_size": sum(t.nbytes for t in tasks)}, "weight_map": weight_map}
     (folder / INDEX_NAME).write_text(json.dumps(index, indent=2))
     return names + [INDEX_NAME]
@@ -219,7 +361,8 @@ def _model_tasks(model) -> tuple[dict, list[TensorTask]]:
 
 
 def save_checkpoint(out_dir: str | Path, source, config: dict | None = None, *,
-                    shard_bytes: int = DEFAULT_SHARD_BYTES, carry_from: str | Path | None = None) -> Path:
+                    shard_bytes: int = DEFAULT_SHARD_BYTES, carry_from: str | Path | None = None,
+                    threads: int = 1, budget: int | None = None) -> Path:
     """Write `source` (model, {name: tensor} with config, or [TensorTask] with config) atomically."""
     if hasattr(source, "state_dict") and hasattr(source, "config"):
         model_config, tasks = _model_tasks(source)
@@ -234,7 +377,7 @@ def save_checkpoint(out_dir: str | Path, source, config: dict | None = None, *,
         tasks = list(source)
     with atomic_folder(out_dir) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
-        write_tensors(tmp, tasks, shard_bytes)
+        write_tensors(tmp, tasks, shard_bytes, threads=threads, budget=budget)
         if carry_from is not None:
             for name in CARRIED_FILES:
                 f = Path(carry_from) / name

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 from surgery.cli import app
 from surgery.errors import SurgeryError
 from surgery.grow_cli import parse_to
-from surgery.io import save_checkpoint
+from surgery.io import load_checkpoint, save_checkpoint
 from tests.tiny import model, spec
 
 runner = CliRunner()
@@ -35,7 +35,9 @@ def test_grow_prints_shapes_and_probe(t5_src, tmp_path):
     ("f", "layers=3+3", "use df"),
     ("x", "d_model=32", "unknown growth op"),
     ("f", "width=3", "unknown key"),
-    ("f", "d_model=32,heads=4", "width ops keep the head size"),
+    ("f", "d_model=32,heads=4", "heads grow as whole heads of size 4 (d_model 16 / heads 4); d_model=32 with heads=4 "
+                                "makes them 8: give heads=8 (or give d_kv= to change the head size)"),
+    ("f", "d_model=18", "d_model=18 is not a multiple of 4: use d_model=20 with heads=5"),
 ])
 def test_user_mistakes_exit_2_and_write_nothing(t5_src, tmp_path, op, to, message):
     out = tmp_path / "out"
@@ -57,3 +59,35 @@ def test_parse_to_keeps_unset_keys():
     assert (got.layers, got.decoder_layers, got.d_model, got.heads, got.d_ff) == (4, 6, 32, 8, base.d_ff)
     with pytest.raises(SurgeryError):
         parse_to("layers=x", base)
+
+
+@pytest.mark.parametrize("fam,to,want", [
+    ("bert", "d_model=32", dict(d_model=32, heads=8)),  # issue #16: no detour through d_kv
+    ("gpt2", "d_model=24,d_ff=64", dict(d_model=24, heads=6, d_ff=64)),
+    ("t5", "d_model=32", dict(d_model=32, heads=8)),
+    ("llama", "d_model=32", dict(d_model=32, heads=8, kv_heads=4)),  # the group size (2) is kept
+    ("llama", "d_model=32,kv_heads=2", dict(d_model=32, heads=8, kv_heads=2)),
+    ("llama", "d_model=32,heads=8,kv_heads=8", dict(d_model=32, heads=8, kv_heads=8)),  # given: kept
+])
+def test_d_model_scales_heads_at_constant_head_size(fam, to, want):
+    got = parse_to(to, spec(fam))
+    assert {k: getattr(got, k) for k in want} == want
+    assert got.head_dim == 4
+
+
+def test_bert_grows_by_d_model_alone(tmp_path):
+    save_checkpoint(tmp_path / "src", model(spec("bert")))
+    res = runner.invoke(app, ["grow", str(tmp_path / "src"), "--op", "f", "--to", "d_model=32,d_ff=128",
+                              "--out", str(tmp_path / "out"), "--no-probe"])
+    assert res.exit_code == 0, res.output
+    grown = load_checkpoint(tmp_path / "out").spec
+    assert (grown.d_model, grown.heads, grown.head_dim) == (32, 8, 4)
+
+
+def test_d_model_no_head_count_fits_names_the_ones_that_do(tmp_path):
+    save_checkpoint(tmp_path / "src", model(spec("bert")))
+    res = runner.invoke(app, ["grow", str(tmp_path / "src"), "--op", "f", "--to", "d_model=30", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2
+    assert "use d_model=28 with heads=7 or d_model=32 with heads=8" in res.output
+    assert "d_kv" not in res.output  # BERT has no separate head size: never suggest it
+    assert not (tmp_path / "o").exists()

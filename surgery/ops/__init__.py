@@ -114,37 +114,67 @@ class CheckpointPlan:
     src_bytes: int  # the source's weights as stored
     out_bytes: int  # the output's weights
     peak_bytes: int  # estimated peak resident memory of grow_checkpoint (surgery/ops/memory.py)
-    peak_tensor: str  # the output tensor whose making sets the peak
-    dtype: str
+    peak_tensor: str  # the output tensor with the largest working set
+    dtype: str  # the output's dtype
+    threads: int  # workers of the streaming pipeline
 
 
-def plan_checkpoint(src_dir, dst: ModelSpec, op: str, seed: int = 0, options: dict | None = None) -> CheckpointPlan:
+OUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _out_dtype(ckpt, plan: GrowthPlan, dtype: str | torch.dtype | None) -> torch.dtype:
+    """The output's dtype: the source's (its token embedding's) unless asked."""
+    if dtype is None:
+        emb = plan.src_view["embed.tok"].hf
+        return ckpt.dtype(emb) if emb in ckpt else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in OUT_DTYPES:
+        raise SurgeryError(f"unknown dtype {dtype!r} (choose one of {', '.join(OUT_DTYPES)})")
+    return OUT_DTYPES[dtype]
+
+
+def _source_bytes(ckpt, plan: GrowthPlan) -> dict[str, int]:
+    out = {}
+    for s in plan.src_view:
+        name = next((n for n in (s.hf, *s.aliases) if n in ckpt), None)
+        if name is not None:
+            out[s.name] = ckpt.tensors[name].nbytes
+    return out
+
+
+def plan_checkpoint(src_dir, dst: ModelSpec, op: str, seed: int = 0, options: dict | None = None, *,
+                    threads: int | None = None, dtype: str | None = None) -> CheckpointPlan:
     """Plan growing the checkpoint folder `src_dir` and estimate its memory; reads headers only."""
-    from surgery.io import load_checkpoint
+    from surgery.io import default_threads, load_checkpoint
     from surgery.ops.memory import estimate_peak
 
     ckpt = load_checkpoint(src_dir)
     plan = plan_growth(ckpt.family, ckpt.spec, dst, op, ckpt.layout, ckpt.config, seed=seed, options=options)
-    src_bytes = {}
-    for s in plan.src_view:
-        name = next((n for n in (s.hf, *s.aliases) if n in ckpt), None)
-        if name is not None:
-            src_bytes[s.name] = ckpt.tensors[name].nbytes
-    dtype = ckpt.dtype(plan.src_view["embed.tok"].hf) if plan.src_view["embed.tok"].hf in ckpt else torch.float32
-    elem = torch.empty((), dtype=dtype).element_size()
-    peak, tensor, out = estimate_peak(plan, src_bytes, elem)
-    return CheckpointPlan(plan, sum(t.nbytes for t in ckpt.tensors.values()), out, peak, tensor, str(dtype).removeprefix("torch."))
+    out_dtype = _out_dtype(ckpt, plan, dtype)
+    threads = threads or default_threads()
+    elem = torch.empty((), dtype=out_dtype).element_size()
+    peak, tensor, out = estimate_peak(plan, _source_bytes(ckpt, plan), elem, threads)
+    return CheckpointPlan(plan, sum(t.nbytes for t in ckpt.tensors.values()), out, peak, tensor,
+                          str(out_dtype).removeprefix("torch."), threads)
 
 
 def grow_checkpoint(src_dir, dst: ModelSpec, op: str, out_dir, seed: int = 0, options: dict | None = None, *,
-                    shard_bytes: int | None = None) -> GrowthPlan:
-    """Grow the checkpoint folder `src_dir` into `out_dir`, one tensor at a time: each output tensor
-    is made from only the source tensors it needs, read when it is made and dropped right after, and
-    written as soon as it is made (peak memory: about the largest output tensor's working set)."""
-    from surgery.io import DEFAULT_SHARD_BYTES, TensorTask, load_checkpoint, save_checkpoint
+                    shard_bytes: int | None = None, threads: int | None = None,
+                    dtype: str | torch.dtype | None = None) -> GrowthPlan:
+    """Grow the checkpoint folder `src_dir` into `out_dir`, streamed: each output tensor is made
+    from only the source tensors it needs (read when it is made, dropped right after) on a pool of
+    `threads` workers (default: surgery.io.default_threads()) ahead of a writer that writes each
+    tensor in order as soon as it is made; memory is bounded by twice the largest tensor's working
+    set, not by the model. The bytes written do not depend on `threads`, and equal what
+    grow_model makes with the same seed. dtype: the output's (default: the source's); the growth
+    arithmetic is fp32 either way."""
+    from surgery.io import DEFAULT_SHARD_BYTES, TensorTask, default_threads, load_checkpoint, save_checkpoint
+    from surgery.ops.memory import working_bytes
 
     ckpt = load_checkpoint(src_dir)
     plan = plan_growth(ckpt.family, ckpt.spec, dst, op, ckpt.layout, ckpt.config, seed=seed, options=options)
+    out_dtype = _out_dtype(ckpt, plan, dtype)
 
     class _CkptSource:
         def tensor(self, neutral):
@@ -164,12 +194,22 @@ def grow_checkpoint(src_dir, dst: ModelSpec, op: str, out_dir, seed: int = 0, op
     if unknown:
         raise SurgeryError(f"{src_dir}: tensors the {ckpt.family.name} adapter does not know: "
                            f"{', '.join(unknown[:3])}{' ...' if len(unknown) > 3 else ''}")
-    dtype = ckpt.dtype(plan.src_view["embed.tok"].hf) if plan.src_view["embed.tok"].hf in ckpt else torch.float32
-    tasks = [TensorTask(s.hf, s.shape(plan.dst_dims), dtype, (lambda e=plan.entries[s.name]: e.weight(source)))
-             for s in plan.dst_view]
+    src_bytes = _source_bytes(ckpt, plan)
+    elem = torch.empty((), dtype=out_dtype).element_size()
+    tasks, first = [], {}  # id(entry) -> the first tensor made from it
+    for s in plan.dst_view:
+        e = plan.entries[s.name]
+        # Depth growth repeats a layer's entries (stacked copies, identity blocks' q/k/v/ffn-in):
+        # the same entry makes the same bytes, so they are copied, not made again.
+        tasks.append(TensorTask(s.hf, s.shape(plan.dst_dims), out_dtype, (lambda e=e: e.weight(source)),
+                                working_bytes(e, src_bytes, elem), same_as=first.get(id(e))))
+        first.setdefault(id(e), s.hf)
     tasks += [TensorTask(n, ckpt.tensors[n].shape, ckpt.dtype(n), (lambda n=n: ckpt.get(n))) for n in passthrough]
     config = dict(plan.config)
     if "architectures" not in config:
         config["architectures"] = [ckpt.layout.model_class]
-    save_checkpoint(Path(out_dir), tasks, config, shard_bytes=shard_bytes or DEFAULT_SHARD_BYTES, carry_from=src_dir)
+    if dtype is not None:
+        config["torch_dtype" if "torch_dtype" in config else "dtype"] = str(out_dtype).removeprefix("torch.")
+    save_checkpoint(Path(out_dir), tasks, config, shard_bytes=shard_bytes or DEFAULT_SHARD_BYTES, carry_from=src_dir,
+                    threads=threads or default_threads())
     return plan

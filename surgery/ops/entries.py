@@ -30,10 +30,17 @@ MOMENT_POWER = {"exp_avg": 1, "exp_avg_sq": 2}
 
 
 def generator(seed: int, *parts: str) -> torch.Generator:
-    """A generator seeded by the op's seed and the tensor's name: results do not depend on the
-    order in which tensors are made."""
+    """A generator keyed by the op's seed and a name (a stable hash, not Python's hash(), which
+    varies with PYTHONHASHSEED): its draws depend on the key alone, never on which tensors were
+    made before it or on which thread makes it."""
     digest = hashlib.sha256("/".join((str(seed),) + parts).encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+# A random split is drawn block by block, each block from its own generator keyed by (seed,
+# tensor, axis, block): the bytes depend on the block size, which is a constant, so they are the
+# same whatever the thread count or the order of production, and a block's temporaries stay small.
+BLOCK_ELEMS = 1 << 20
 
 
 class Entry:
@@ -130,10 +137,23 @@ class Widen(Entry):
 
     def weight(self, src):
         t = self.base.weight(src)
-        for a in self._axes_in_order():
-            m = self.rule.maps.get(self.axes[a].kind)
-            if m is not None and not m.is_identity:
-                t = grow_axis(t, a, self.axes[a].role, m, self.rule, generator(self.rule.seed, self.name, str(a)))
+        grown = [a for a in self._axes_in_order()
+                 if (m := self.rule.maps.get(self.axes[a].kind)) is not None and not m.is_identity]
+        if len(grown) == 2 and all(self.axes[a].role in (Role.OUT, Role.IN) for a in grown) \
+                and self.rule.maps[self.axes[grown[1]].kind].keeps_old:
+            # A matrix grown along both axes: the first growth is written straight into the
+            # second one's kept units, which then grows in place - no intermediate tensor.
+            (a1, a2), rule = grown, self.rule
+            m1, m2 = rule.maps[self.axes[a1].kind], rule.maps[self.axes[a2].kind]
+            final = torch.empty(self.shape, dtype=t.dtype)
+            region = final.narrow(a2, 0, m2.old)
+            made = grow_axis(t, a1, self.axes[a1].role, m1, rule, self.name, out=region)
+            if made is not region:
+                region.copy_(made)
+            del t, made
+            return grow_axis(region, a2, self.axes[a2].role, m2, rule, self.name, out=final)
+        for a in grown:
+            t = grow_axis(t, a, self.axes[a].role, self.rule.maps[self.axes[a].kind], self.rule, self.name)
         return t
 
     def moment(self, src, key):
@@ -153,34 +173,35 @@ def _along(v: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
 
 
 def _fill_pad(t: torch.Tensor, axis: int, m: Mapping, value: torch.Tensor | float) -> torch.Tensor:
-    if not bool(m.pad.any()):
+    """Set the padding units of a freshly made t (in place) to value (a scalar, or a tensor that
+    broadcasts along `axis`)."""
+    pos = m.pad_positions
+    if not pos.numel():
         return t
-    mask = _along(m.pad, axis, t.ndim)
-    return torch.where(mask, value, t)
+    if isinstance(value, torch.Tensor) and value.numel() > 1:
+        shape = list(t.shape)
+        shape[axis] = pos.numel()
+        return t.index_copy_(axis, pos, value.to(t.dtype).expand(shape).contiguous())
+    return t.index_fill_(axis, pos, float(value))
 
 
-def grow_axis(t, axis, role, m: Mapping, rule: WidthRule, gen) -> torch.Tensor:
+def grow_axis(t, axis, role, m: Mapping, rule: WidthRule, name: str = "", out=None) -> torch.Tensor:
+    """t grown along `axis` by the rule of `role` (arithmetic in fp32, t's dtype). out: where to
+    put an OUT or IN result (see Mapping.gather)."""
     idx = m.src.clamp(min=0)
     per_copy = m.count[idx]  # copies of the source unit of each new unit
-    g = t.index_select(axis, idx)
+    if role is Role.IN and rule.split != "random":
+        # Net2Net's reader split, divided while copying (one pass); no division where c = 1.
+        g = m.gather(t, axis, None if bool((per_copy == 1).all()) else per_copy, out=out)
+        return _fill_pad(g, axis, m, 0.0)
+    g = m.gather(t, axis, out=out if role in (Role.OUT, Role.IN) else None)  # padding unset: filled below
     if role is Role.OUT:
         pad = t.mean(dim=axis, keepdim=True) if rule.pad_fill == "mean" else 0.0
         return _fill_pad(g, axis, m, pad)
     if role is Role.IN:
-        if rule.split == "random":
-            w = 0.5 + torch.rand(g.shape, generator=gen)  # positive parts in [0.5, 1.5)
-            w = torch.where(_along(m.pad, axis, g.ndim), 0.0, w)
-            sums = torch.zeros_like(t).index_add_(axis, idx, w)
-            g = g * (w / sums.index_select(axis, idx))
-            # Padding units carry zero (RMSNorm) so any weight reading them is exact: draw them at
-            # the tensor's scale so they learn. Under LayerNorm they carry a constant: read none.
-            pad = (torch.randn(g.shape, generator=gen) * t.std()) if rule.pad_fill == "zero" else 0.0
-        else:
-            g = g / _along(per_copy, axis, g.ndim)
-            pad = 0.0
-        return _fill_pad(g, axis, m, pad)
+        return _random_split(t, g, axis, m, rule, name)
     if role is Role.NORM:
-        return _fill_pad(g * rule.norm_scale, axis, m, t.mean() * rule.norm_scale)
+        return _fill_pad(g.mul_(rule.norm_scale), axis, m, t.mean() * rule.norm_scale)
     if role is Role.NORM_BIAS:
         return _fill_pad(g, axis, m, t.mean())
     if role is Role.HEAD_NORM:
@@ -188,6 +209,63 @@ def grow_axis(t, axis, role, m: Mapping, rule: WidthRule, gen) -> torch.Tensor:
     if role is Role.HEAD_NORM_BIAS:
         return _fill_pad(g / per_copy, axis, m, 0.0)
     raise ValueError(f"axis role {role} does not grow")
+
+
+def split_blocks(shape: tuple[int, ...], axis: int) -> tuple[int | None, int]:
+    """(dimension the blocks run along, its length per block) of a random split along `axis`.
+
+    Blocks cut a dimension other than the split axis, so each block holds every copy of a unit
+    and its parts can be normalised inside the block."""
+    dims = [d for d in range(len(shape)) if d != axis]
+    if not dims:
+        return None, 1
+    bd = dims[0]
+    per_row = 1
+    for d, n in enumerate(shape):
+        if d != bd:
+            per_row *= n
+    return bd, max(1, BLOCK_ELEMS // max(per_row, 1))
+
+
+def _random_split(t, g, axis, m: Mapping, rule: WidthRule, name: str) -> torch.Tensor:
+    """`l`'s reader split, in place on g = t's copies along `axis`: every copy of a unit copied c
+    times gets a random positive part (0.5 + U[0, 1), normalised to sum 1 over the copies, per
+    element); units copied once keep factor 1 exactly, so they draw nothing. Padding units: under
+    RMSNorm they carry 0, so weights reading them are free - drawn N(0, rms(t)) so they learn;
+    under LayerNorm they carry a constant - read nothing (0).
+
+    Drawn in blocks along another dimension (split_blocks), block b from
+    generator(seed, name, axis, b): uniform parts first, then the padding's normals."""
+    shared = m.shared_positions
+    pads = m.pad_positions
+    draw_pad = rule.pad_fill == "zero" and pads.numel() > 0
+    if pads.numel() and not draw_pad:
+        g.index_fill_(axis, pads, 0.0)
+    if not shared.numel() and not draw_pad:
+        return g
+    src_of_shared = m.src[shared]
+    # The tensor's scale: its root mean square (one pass; the std's two passes cost as much as
+    # the rest of the split).
+    scale = float(torch.linalg.vector_norm(t)) / max(t.numel(), 1) ** 0.5 if draw_pad else 0.0
+    bd, step = split_blocks(tuple(g.shape), axis)
+    rows = g.shape[bd] if bd is not None else 1
+    for b, r0 in enumerate(range(0, rows, step)):
+        gen = generator(rule.seed, name, str(axis), str(b))
+        gb = g if bd is None else g.narrow(bd, r0, min(step, rows - r0))
+        if shared.numel():
+            shape = list(gb.shape)
+            shape[axis] = shared.numel()
+            w = torch.rand(shape, generator=gen).add_(0.5)
+            shape[axis] = m.old
+            sums = torch.zeros(shape).index_add_(axis, src_of_shared, w)
+            w.div_(sums.index_select(axis, src_of_shared))
+            gb.index_copy_(axis, shared, gb.index_select(axis, shared).mul_(w))
+            del w, sums
+        if draw_pad:
+            shape = list(gb.shape)
+            shape[axis] = pads.numel()
+            gb.index_copy_(axis, pads, torch.randn(shape, generator=gen).mul_(scale))
+    return g
 
 
 def moment_divisor(role: Role, per_copy: torch.Tensor, rule: WidthRule) -> torch.Tensor | float:

@@ -36,6 +36,63 @@ class Mapping:
         return self.src < 0
 
     @cached_property
+    def keeps_old(self) -> bool:
+        """Old units keep their place (src[j] == j for j < old): the grown tensor starts with the
+        source as a block, and only the units past the old width need a gather."""
+        return self.new >= self.old and bool((self.src[: self.old] == torch.arange(self.old)).all())
+
+    def gather(self, t: torch.Tensor, axis: int, divisor: torch.Tensor | None = None,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+        """t grown along `axis` by copying units (new unit j = t's unit src[j]), each divided by
+        divisor[j] if given (in the same pass as the copy), into `out` if given (t may then be
+        out's own first `old` units: they are grown in place). Padding units are left unset:
+        every caller fills them."""
+        def along(v: torch.Tensor) -> torch.Tensor:
+            shape = [1] * t.ndim
+            shape[axis] = -1
+            return v.reshape(shape)
+
+        if not self.keeps_old:
+            g = t.index_select(axis, self.src.clamp(min=0))
+            if divisor is not None:
+                g.div_(along(divisor))
+            return g if out is None else out.copy_(g)
+        if out is None:
+            shape = list(t.shape)
+            shape[axis] = self.new
+            out = torch.empty(shape, dtype=t.dtype)
+        kept = out.narrow(axis, 0, self.old)
+        in_place = kept.data_ptr() == t.data_ptr() and kept.stride() == t.stride()
+        extra = self.src[self.old:]
+        copied = (extra >= 0).nonzero().flatten()
+        # The new units first: in place, the kept units are about to change.
+        g = t.index_select(axis, extra[copied]) if copied.numel() else None
+        if divisor is not None:
+            torch.div(t, along(divisor[: self.old]), out=kept)
+        elif not in_place:
+            kept.copy_(t)
+        if g is not None:
+            if divisor is not None:
+                g.div_(along(divisor[self.old:][copied]))
+            if copied.numel() == extra.numel():
+                out.narrow(axis, self.old, extra.numel()).copy_(g)
+            else:
+                out.index_copy_(axis, copied + self.old, g)
+        return out
+
+    @cached_property
+    def pad_positions(self) -> torch.Tensor:
+        """Indices of the padding units (int64, possibly empty)."""
+        return self.pad.nonzero().flatten()
+
+    @cached_property
+    def shared_positions(self) -> torch.Tensor:
+        """Indices of the new units whose source unit has more than one copy: the only units a
+        reader's split changes (a unit copied once keeps its weights, factor exactly 1)."""
+        idx = self.src.clamp(min=0)
+        return ((self.count[idx] > 1) & ~self.pad).nonzero().flatten()
+
+    @cached_property
     def new_units(self) -> torch.Tensor:
         """Units that are not the first copy of their source (or are padding): what AKI fills from
         the block above. For mappings whose old units keep their place: positions >= old."""

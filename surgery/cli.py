@@ -29,6 +29,8 @@ def user_errors():
         yield
     except SurgeryError as err:
         text = str(err)
+        if os.environ.get("RANK", "0") not in ("0", ""):  # several processes: the first one says it
+            raise typer.Exit(2)
         print(text if text.startswith(("error:",)) or ": error: " in text else f"error: {text}", file=sys.stderr)
         raise typer.Exit(2)
     except KeyboardInterrupt:

@@ -63,6 +63,51 @@ class RunLock:
         self.lock.release()
 
 
+def is_primary() -> bool:
+    """The first process of a launch (torchrun, accelerate launch), or the only one: the one that
+    guards, clears and writes the run folder and prints."""
+    return os.environ.get("RANK", "0") in ("0", "")
+
+
+def set_threads() -> int:
+    """Intra-op threads for this process: OMP_NUM_THREADS when set (torchrun sets 1 when it starts
+    several processes and the variable is unset); otherwise the cores this process may use divided
+    by the processes on this machine, at least 1, so ranks do not fight over cores."""
+    import torch
+
+    if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+        n = max(1, int(os.environ["OMP_NUM_THREADS"]))
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        n = max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def cpu_launch_warning() -> str | None:
+    """`accelerate launch --cpu --num_processes N` (without an MPI hostfile) starts ONE process and
+    says nothing: its simple launcher sets ACCELERATE_USE_CPU and no WORLD_SIZE. The count asked
+    for is read from the launcher's command line (our parent process, Linux /proc)."""
+    if "ACCELERATE_USE_CPU" not in os.environ or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return None
+    try:
+        argv = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    asked = 1
+    for i, arg in enumerate(argv):
+        for flag in ("--num_processes", "--num-processes"):
+            if arg == flag and i + 1 < len(argv) and argv[i + 1].isdigit():
+                asked = int(argv[i + 1])
+            elif arg.startswith(flag + "=") and arg.split("=", 1)[1].isdigit():
+                asked = int(arg.split("=", 1)[1])
+    if asked <= 1:
+        return None
+    return (f"`accelerate launch` was asked for {asked} processes but started one (on CPU it runs a single "
+            f"process); for {asked} use `torchrun --nproc_per_node {asked} -m surgery run ...`")
+
+
 def run_state(run_dir: Path) -> tuple[str, int | None]:
     """("finished" | "unfinished" | "nothing", the step of its last checkpoint). A run that
     stopped before its first checkpoint (bad data, a stop during tokenization) has nothing to
@@ -80,8 +125,9 @@ def command_line(recipe: Path, out: Path, *extra: str) -> str:
     return shlex.join(["surgery", "run", str(recipe), "--out", str(out), *extra])
 
 
-def check_run_dir(run_dir: Path, recipe: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse what would lose a run; with --overwrite remove everything of the old one."""
+def check_run_dir(run_dir: Path, recipe: Path, *, resume: bool, overwrite: bool, remove: bool = True) -> None:
+    """Refuse what would lose a run; with --overwrite remove everything of the old one (`remove`:
+    only the first of several processes removes; all of them refuse alike, reading the same files)."""
     state, step = run_state(run_dir)
     if resume and overwrite:
         raise SurgeryError("--resume and --overwrite contradict each other: choose one")
@@ -96,6 +142,8 @@ def check_run_dir(run_dir: Path, recipe: Path, *, resume: bool, overwrite: bool)
     if state == "finished" and not overwrite:
         raise SurgeryError(f"{run_dir} holds a finished run: replace it with --overwrite (its checkpoints, "
                            f"stages and fine-tuning scores are removed) or choose another --out")
+    if not remove:
+        return
     for name in RUN_FILES:  # overwrite, or nothing worth keeping: no file of the old run stays
         path = run_dir / name
         if path.is_dir():
@@ -129,19 +177,25 @@ def run_command(recipe: Path, *, out: Path | None = None, resume: bool = False, 
         settings = replace(settings, seed=seed, val_seed=settings.seed if settings.val_seed is None else settings.val_seed)
     run_dir = out or default_run_dir(recipe)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ui = RunConsole(quiet=quiet)
-    # Under `accelerate launch` every process runs this; the first one guards and clears the
-    # folder, the others only train beside it.
-    primary = os.environ.get("RANK", "0") in ("0", "")
+    set_threads()
+    # Under torchrun / accelerate launch every process runs this; the first one locks, clears and
+    # writes the folder and prints, the others train beside it silently (one bar, one set of lines).
+    primary = is_primary()
+    ui = RunConsole(quiet=quiet) if primary else RunConsole(quiet=True, console=_silent_console())
+    warning = cpu_launch_warning()
+    if warning and primary:
+        ui.warn(warning)
     with RunLock(run_dir) if primary else nullcontext():
-        if primary:
-            check_run_dir(run_dir, recipe, resume=resume, overwrite=overwrite)
+        # Every process refuses alike (the same files), so none is left waiting for the others.
+        check_run_dir(run_dir, recipe, resume=resume, overwrite=overwrite, remove=primary)
         trainer = Trainer(segments, settings, run_dir, run_name=plan.name, plan_json=plan.model_dump(mode="json"),
                           resume=resume, quiet=quiet, corpus_base=Path(plan.file).parent, report_to=report_to,
                           console=ui)
         try:
             summary = trainer.run()
         except RunInterrupted as stop:
+            if not primary:
+                raise SystemExit(130) from None
             saved = "checkpoint saved" if stop.saved else "the checkpoint could not be written (see above)"
             print(f"interrupted ({stop.signal_name}) at step {stop.step}, {saved}; continue with "
                   f"`{command_line(recipe, run_dir, '--resume')}`", file=sys.stderr)
@@ -160,3 +214,9 @@ def run_command(recipe: Path, *, out: Path | None = None, resume: bool = False, 
             summary["finetune"] = scores
     ui.line(f"run directory: {run_dir}  (metrics.jsonl, curves.png, stages/, final/)")
     return summary
+
+
+def _silent_console():
+    from rich.console import Console
+
+    return Console(file=open(os.devnull, "w"), highlight=False)

@@ -1,6 +1,9 @@
 """The staged pretraining loop: train a segment, grow weights and optimizer state, go on.
 
-Runs on one CPU, one GPU, or several through `accelerate launch` (bf16 where the device has it).
+Runs on one CPU, one GPU, or several processes (torchrun / accelerate launch: DDP through
+Accelerate; bf16 where the device has it). Every process builds the same global batch and takes
+its rows of it, so what a step sees does not depend on the process count; every process grows its
+model alike at the same step and wraps it again; only the first one writes files and prints.
 Everything that decides a step's outcome (batch, masks, LR, dropout RNG) is restored from a
 checkpoint, so a resumed run ends with the weights an uninterrupted one would.
 """
@@ -13,6 +16,7 @@ import shutil
 import signal
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -107,6 +111,11 @@ class Trainer:
             log_with = tracker(self.report_to, self.out)
         self.acc = Accelerator(mixed_precision=precision, cpu=not cuda, log_with=log_with,
                                project_dir=self.out / "logs" if log_with else None)
+        self.n, self.rank = self.acc.num_processes, self.acc.process_index
+        if settings.batch_size < self.n:
+            raise SurgeryError(f"batch_size={settings.batch_size} is smaller than the {self.n} processes: "
+                               f"every process needs at least one row of each batch")
+        self.saved_state: dict | None = None  # the state the latest checkpoint holds (all ranks agree)
         self.ui = console or RunConsole(quiet=quiet)
         self.val_losses: list[float] = []  # every validation so far, to say what a growth changed
         self.stage_rows: list[tuple] = []  # the final summary table
@@ -223,6 +232,8 @@ class Trainer:
         return as_model_kind(model, getattr(self.objective, "model_kind", "mlm"))
 
     def loss(self, model, batch, train: bool = True):
+        if model is not self.acc.unwrap_model(model):
+            model = _Wrapped(model, self.acc.unwrap_model(model))
         if self.distil is not None:
             return self.distil(model, batch, train=train)
         fn = getattr(self.objective, "loss", None)
@@ -230,6 +241,9 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, model) -> float:
+        # Every rank validates the whole fixed set on its own copy (no collectives: the ranks
+        # hold the same weights, so they get the same number).
+        model = self.acc.unwrap_model(model)
         model.eval()
         if self.aux is not None:
             self.aux.eval()
@@ -286,8 +300,14 @@ class Trainer:
             self.curve = LrCurve.of(self.s, self.total, spe)
             self.aux, self.distil, self.aux_is_distil = None, None, False
             st, model, at = self.start_or_resume()
-            self.metrics = MetricsLog(self.out / "metrics.jsonl", st.metrics_lines if model is not None else None,
-                                      write=self.main)
+            keep = st.metrics_lines if model is not None else None
+            # The first process truncates metrics.jsonl to the checkpoint's lines; the others
+            # read it only after that (a half-written file would not parse).
+            if self.main:
+                self.metrics = MetricsLog(self.out / "metrics.jsonl", keep, write=True)
+            self.acc.wait_for_everyone()
+            if not self.main:
+                self.metrics = MetricsLog(self.out / "metrics.jsonl", keep, write=False)
             self.t0 = time.perf_counter() - st.wall_s
             self.start_trackers(resumed=model is not None)
             self.ui.bar("train", self.total, st.step)
@@ -325,7 +345,7 @@ class Trainer:
         root = self.out / "checkpoints"
         self.opt_state, self.aux_weights, self.aux_opt, self.rng = None, None, {}, None
         if not self.resume:
-            if root.exists():
+            if root.exists() and self.acc.is_main_process:
                 shutil.rmtree(root)
             transformers.set_seed(self.s.seed)
             return TrainState(), None, -1
@@ -336,6 +356,7 @@ class Trainer:
 
         raw, self.opt_state, self.rng = ckpt.read_checkpoint(latest)
         st = TrainState.of(raw)
+        self.saved_state = {**asdict(st), "wall_s": None}
         model = load_model(latest / "model")
         self.aux_weights, self.aux_opt = ckpt.read_aux(latest)
         self.restore_teacher(st.segment, model)
@@ -381,6 +402,9 @@ class Trainer:
         if self.rng is not None:  # the dropout RNG where the checkpoint left it
             ckpt.restore_rng(self.rng)
             self.rng = None
+        # Accelerate keeps every prepared model and optimizer; the small model of the previous
+        # stage (and its DDP buckets) would stay alive beside the grown one.
+        self.acc.free_memory()
         model, optimizer = self.acc.prepare(model, optimizer)
         if grown or (st.step == seg_start and index == 0 and not self.metrics.rows):
             vl = self.validate(model)
@@ -402,65 +426,134 @@ class Trainer:
         return result.model, (result.grow_optimizer_state(opt_state) if opt_state else None)
 
     def train_steps(self, index: int, model, optimizer, st: "TrainState") -> bool:
-        """The segment's optimizer steps from st.step. False: stopped early (stop_after_step)."""
+        """The segment's optimizer steps from st.step. False: stopped early (stop_after_step).
+
+        The host reads device values only at read points (a log line, a validation, a checkpoint,
+        a stop), never per micro-step: losses are summed on the device, a non-finite loss or
+        gradient norm is recorded on the device with its step, and at the next read point the run
+        stops naming that step, before any checkpoint holds its state."""
         seg = self.segments[index]
         seg_start, seg_end = self.bounds[index]
         spe = self.order.steps_per_epoch
-        tick, recent = time.perf_counter(), []
+        tick, steps_done, shown = time.perf_counter(), 0, None
         every = self.s.ckpt_every or self.s.val_every
+        n, rank, dev = self.n, self.rank, self.acc.device
+        self.bad = torch.full((3,), -1.0, device=dev)  # first non-finite: step, value, 0 loss / 1 grad norm
+        since = torch.zeros((), device=dev)  # train loss summed since the last read point
+        since_n = 0
         while st.step < seg_end and not st.stopped:
-            if self.signals.received:
+            if n == 1 and self.signals.received:  # one process: stop at once, nobody to agree with
+                self.read(index, st, None, since, since_n, stop=True)
                 self.interrupted(index, model, optimizer, st)
             lr = self.curve(st.step, grown_at=seg_start if index > 0 else None)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            loss_sum = 0.0
+            if n > 1:
+                # Dropout per rank and per step, a function of (seed, step, rank): ranks draw
+                # different masks, and a resumed run (with any process count) draws the same.
+                torch.manual_seed(int(np.random.default_rng([self.s.seed, 15485863, st.step, rank]).integers(2**62)))
+            step_loss = torch.zeros((), device=dev)
             for micro in range(self.s.grad_accum):
                 idx = self.order.indices(st.step, micro)
                 batch = self.objective(self.train_blocks[idx], step_rng(self.s.seed, st.step, micro),
                                        block_ids=idx, epoch=st.step // spe)
-                # Several processes (accelerate launch) each take their rows of the one
-                # global batch, so the data seen per step does not depend on the count.
-                n, rank = self.acc.num_processes, self.acc.process_index
-                batch = {k: (v[rank::n] if v.dim() else v).to(self.acc.device) for k, v in batch.items()}
-                with self.acc.autocast():
-                    loss = self.loss(model, batch)[0] / self.s.grad_accum
-                self.acc.backward(loss)
-                loss_sum += float(loss.detach())
-            if not math.isfinite(loss_sum):  # before the step: the weights in memory stay finite too
-                self.diverged(index, st, loss_sum, "training loss")
+                weight = 1.0
+                if n > 1:
+                    # Every process builds the one global batch and takes its rows, so the data of
+                    # a step does not depend on the count. DDP averages the ranks' gradients; each
+                    # rank's mean loss is weighted by its share of the loss tokens (rows when there
+                    # are no labels) so the step's gradient is the global batch's mean, even when
+                    # the rows or the masked tokens do not split evenly.
+                    labels = batch.get("labels")
+                    if labels is not None and labels.dim() == 2:
+                        total, mine = int((labels != -100).sum()), int((labels[rank::n] != -100).sum())
+                    else:
+                        total, mine = len(idx), len(range(rank, len(idx), n))
+                    weight = n * mine / max(1, total)
+                    batch = {k: (v[rank::n] if v.dim() else v) for k, v in batch.items()}
+                batch = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+                # Gradients are exchanged once per optimizer step, on its last micro-batch.
+                sync = nullcontext() if n == 1 or micro == self.s.grad_accum - 1 else self.acc.no_sync(model)
+                with sync:
+                    with self.acc.autocast():
+                        loss = self.loss(model, batch)[0]
+                        loss = (loss * weight if weight != 1.0 else loss) / self.s.grad_accum
+                    self.acc.backward(loss)
+                step_loss += loss.detach().float()
+            if n > 1 and self.aux is not None:  # modules beside the model are not DDP-wrapped
+                for p in self.aux.parameters():
+                    if p.grad is not None:
+                        torch.distributed.all_reduce(p.grad)
+                        p.grad /= n
+            norm = None
             if self.s.max_grad_norm:
                 params = list(model.parameters()) + (list(self.aux.parameters()) if self.aux is not None else [])
                 norm = self.acc.clip_grad_norm_(params, self.s.max_grad_norm)
-                if norm is not None and not math.isfinite(float(norm)):
-                    self.diverged(index, st, float(norm), "gradient norm")
+            self.watch(st.step + 1, step_loss, norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             st.step += 1
             st.tokens += self.tokens_per_step
-            recent.append(loss_sum)
-            row = {"stage": index, "model": seg.name, "step": st.step, "tokens": st.tokens,
-                   "train_loss": loss_sum, "lr": lr}
+            steps_done += 1
+            since += step_loss
+            since_n += 1
             validate_now = st.step % self.s.val_every == 0 or st.step == seg_end
-            if validate_now:
-                row["val_loss"] = self.validate(model)
-                if not math.isfinite(row["val_loss"]):
-                    self.diverged(index, st, row["val_loss"], "validation loss")
-                target = self.s.until_val_loss
-                if target is not None and (row["val_loss"] < target if self.s.until_strict else row["val_loss"] <= target):
-                    st.stopped = True
-                    row["event"] = "until"
-            if validate_now or st.step % self.s.log_every == 0:
-                self.log({**row, **getattr(self.distil, "last", {})})
-            if validate_now:
-                self.event_validation(index, st, row)
-            rate = self.tokens_per_step * len(recent) / max(1e-9, time.perf_counter() - tick)
-            self.ui.advance(st.step, f"loss {np.mean(recent[-20:]):.3f}  {rate:,.0f} tok/s")
-            if st.step % every == 0 or st.step == seg_end or st.stopped:
-                self.checkpoint(index, model, optimizer, st)
-            if self.stop_after_step is not None and st.step >= self.stop_after_step:
+            ckpt_now = st.step % every == 0 or st.step == seg_end
+            stop_after = self.stop_after_step is not None and st.step >= self.stop_after_step
+            if validate_now or ckpt_now or stop_after or st.step % self.s.log_every == 0 or (
+                    n == 1 and self.signals.received):
+                train_loss, shown, stop = self.read(index, st, step_loss, since, since_n)
+                since, since_n = torch.zeros((), device=dev), 0
+                row = {"stage": index, "model": seg.name, "step": st.step, "tokens": st.tokens,
+                       "train_loss": train_loss, "lr": lr}
+                if validate_now:
+                    row["val_loss"] = self.validate(model)
+                    if not math.isfinite(row["val_loss"]):
+                        self.diverged(index, st, row["val_loss"], "validation loss")
+                    target = self.s.until_val_loss
+                    if target is not None and (row["val_loss"] < target if self.s.until_strict else row["val_loss"] <= target):
+                        st.stopped = True
+                        row["event"] = "until"
+                if validate_now or st.step % self.s.log_every == 0:
+                    self.log({**row, **getattr(self.distil, "last", {})})
+                if validate_now:
+                    self.event_validation(index, st, row)
+                if ckpt_now or st.stopped:
+                    self.checkpoint(index, model, optimizer, st)
+                if stop:
+                    self.interrupted(index, model, optimizer, st)
+            rate = self.tokens_per_step * steps_done / max(1e-9, time.perf_counter() - tick)
+            self.ui.advance(st.step, (f"loss {shown:.3f}  " if shown is not None else "") + f"{rate:,.0f} tok/s")
+            if stop_after:
                 return False
         return True
+
+    def watch(self, step: int, loss, norm) -> None:
+        """Record on the device the first step whose loss or gradient norm is not finite (no host
+        read: the check happens at the next read point)."""
+        vals = torch.stack([loss.float(), (norm if norm is not None else torch.zeros((), device=loss.device)).float()])
+        bad = ~torch.isfinite(vals)
+        first = bad.any() & (self.bad[0] < 0)
+        now = torch.stack([torch.tensor(float(step), device=loss.device), torch.where(bad[0], vals[0], vals[1]),
+                           torch.where(bad[0], 0.0, 1.0).to(vals.dtype)])
+        self.bad = torch.where(first, now, self.bad)
+
+    def read(self, index: int, st: "TrainState", step_loss, since, since_n: int, stop: bool = False):
+        """A read point: (this step's train loss, the mean since the last read, stop?), the losses
+        averaged over the processes and the stop agreed by all (a signal any rank got), in one
+        reduction; a non-finite loss or gradient norm recorded since ends the run here."""
+        flag = 1.0 if (stop or self.signals.received) else 0.0
+        dev = self.acc.device
+        packed = torch.stack([step_loss.float() if step_loss is not None else torch.zeros((), device=dev),
+                              since.float() / max(1, since_n), torch.tensor(flag, device=dev)])
+        if self.n > 1:
+            packed = self.acc.reduce(packed, reduction="sum")
+            packed = packed / torch.tensor([self.n, self.n, 1.0], device=dev)
+        loss, mean, flag = packed.tolist()
+        bad_step, value, kind = self.bad.tolist()
+        if bad_step >= 0:
+            self.diverged(index, TrainState(step=int(bad_step) - 1), value, ("training loss", "gradient norm")[int(kind)])
+        return loss, (mean if since_n else None), flag > 0
 
     # -- checkpoints and the ways a run stops -------------------------------------------------
     def checkpoint(self, index: int, model, optimizer, st: "TrainState") -> bool:
@@ -468,8 +561,7 @@ class Trainer:
         previous checkpoint as it was; the run says why and goes on."""
         st.segment, st.wall_s, st.metrics_lines = index, time.perf_counter() - self.t0, self.metrics.count
         ok = True
-        latest = ckpt.latest_checkpoint(self.out / "checkpoints")
-        if latest is not None and {**ckpt.read_state(latest), "wall_s": st.wall_s} == asdict(st):
+        if self.saved_state == {**asdict(st), "wall_s": None}:
             return True  # a signal right after a checkpoint: it already holds this very state
         if self.main:
             try:
@@ -482,6 +574,12 @@ class Trainer:
                 why = f"{err.strerror}: {err.filename}" if getattr(err, "filename", None) else (
                     getattr(err, "strerror", None) or str(err))
                 self.ui.warn(f"checkpoint at step {st.step} not written ({why}); {where}")
+        if self.n > 1:  # every rank learns whether the first one wrote it
+            from accelerate.utils import broadcast
+
+            ok = bool(broadcast(torch.tensor([float(ok)], device=self.acc.device), from_process=0).item())
+        if ok:
+            self.saved_state = {**asdict(st), "wall_s": None}
         self.acc.wait_for_everyone()
         return ok
 
@@ -592,6 +690,20 @@ class TrainState:
     @classmethod
     def of(cls, raw: dict) -> "TrainState":
         return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
+
+
+class _Wrapped:
+    """A DDP-wrapped model as the objectives use it: calls go through DDP (its gradient hooks),
+    attributes (get_input_embeddings, config) come from the model inside."""
+
+    def __init__(self, wrapped, inner):
+        self._wrapped, self._inner = wrapped, inner
+
+    def __call__(self, *args, **kwargs):
+        return self._wrapped(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
 
 
 class RunInterrupted(Exception):

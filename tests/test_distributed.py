@@ -1,0 +1,137 @@
+"""`surgery run` under torchrun with two CPU processes (gloo): the same run as one process, one
+writer, and checkpoints that resume after a kill, with two processes or with one.
+
+The pretrained start is saved with dropout 0 (the family descriptor's `no_dropout` config), and the
+grown models inherit its config: with dropout off one process and two compute the same function
+of the same global batches, so their validation losses agree to float rounding (1e-4 is asked).
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.fixtures_text import documents
+
+RECIPE = """
+model T = t5(layers=1+1, d_model=32, heads=4, d_ff=64, vocab=300)
+model S = t5(layers=2+2, d_model=32, heads=4, d_ff=64, vocab=300)
+model B = t5(layers=3+3, d_model=64, heads=8, d_ff=128, vocab=300)
+pretrained T = "t0"
+grow T d@8steps S dl@16steps B
+train 24steps on "corpus.txt"
+    objective span_corruption(rate=0.15, mean_span=3)
+    optimizer adamw(lr=3e-3, warmup=4steps)
+    batch_size=4 seq_len=48 val_every=4steps
+"""
+
+ENV = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
+TIMEOUT = 240
+
+
+def one(recipe: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "surgery", "run", str(recipe), "--out", str(out), "--quiet",
+                           "--no-finetune", *extra], env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def two_cmd(recipe: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "surgery",
+            "run", str(recipe), "--out", str(out), "--quiet", "--no-finetune", *extra]
+
+
+def two(recipe: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(two_cmd(recipe, out, *extra), env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def val_losses(run: Path) -> list[tuple[int, str, float]]:
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["model"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
+
+
+def weights(run: Path) -> dict:
+    return load_file(run / "final" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    import torch
+
+    from surgery.families import build_model
+    from surgery.spec import ModelSpec
+
+    root = tmp_path_factory.mktemp("dist")
+    (root / "corpus.txt").write_text("\n".join(documents(300)) + "\n")
+    spec = ModelSpec(family="t5", layers=1, decoder_layers=1, d_model=32, heads=4, d_ff=64, vocab=300)
+    torch.manual_seed(0)
+    build_model(spec, seed=0, **spec.descriptor.no_dropout).save_pretrained(root / "t0")
+    recipe = root / "tiny.grow"
+    recipe.write_text(RECIPE)
+
+    single = one(recipe, root / "one")
+    assert single.returncode == 0, single.stderr
+    double = two(recipe, root / "two")
+    assert double.returncode == 0, double.stderr[-3000:]
+
+    # Killed (SIGKILL to torchrun and both workers) after its first checkpoint, mid-run.
+    killed = root / "killed"
+    proc = subprocess.Popen(two_cmd(recipe, killed), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + TIMEOUT
+    while not (killed / "checkpoints" / "latest").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists(), "the run ended before it could be killed"
+    shutil.copytree(killed, root / "killed-one")
+    resumed_two = two(recipe, killed, "--resume")
+    resumed_one = one(recipe, root / "killed-one", "--resume")
+    return {"one": (single, root / "one"), "two": (double, root / "two"), "resumed_two": (resumed_two, killed),
+            "resumed_one": (resumed_one, root / "killed-one")}
+
+
+def test_two_processes_train_as_one(runs):
+    one_losses, two_losses = val_losses(runs["one"][1]), val_losses(runs["two"][1])
+    assert [(s, m) for s, m, _ in one_losses] == [(s, m) for s, m, _ in two_losses]
+    assert {m for _, m, _ in two_losses} == {"T", "S", "B"}  # both growths happened, dl among them
+    assert max(abs(a - b) for (_, _, a), (_, _, b) in zip(one_losses, two_losses)) <= 1e-4
+    # The logged train loss is the mean over both ranks, so it tracks the one-process figure too.
+    rows = [[json.loads(l) for l in (runs[k][1] / "metrics.jsonl").read_text().splitlines()] for k in ("one", "two")]
+    train = [(a["train_loss"], b["train_loss"]) for a, b in zip(*rows) if a.get("train_loss") is not None]
+    assert train and max(abs(a - b) for a, b in train) <= 1e-4
+
+
+def test_only_the_first_process_writes_and_prints(runs):
+    result, run = runs["two"]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len(set(lines)) == len((runs["one"][1] / "metrics.jsonl").read_text().splitlines())
+    assert result.stdout.count("run directory:") == 1
+    assert not (run / ".surgery-run.lock.pid").exists()
+    for folder in ("stages/0-T", "stages/1-S", "stages/2-B", "final", "checkpoints"):
+        assert (run / folder).is_dir()
+
+
+def test_a_killed_two_process_run_resumes_to_the_same_weights(runs):
+    result, run = runs["resumed_two"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("resuming") == 1
+    a, b = weights(runs["two"][1]), weights(run)
+    assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len(set(lines))
+    assert val_losses(run) == val_losses(runs["two"][1])
+
+
+def test_a_two_process_checkpoint_resumes_with_one_process(runs):
+    result, run = runs["resumed_one"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    reference = val_losses(runs["two"][1])
+    got = val_losses(run)
+    assert [(s, m) for s, m, _ in got] == [(s, m) for s, m, _ in reference]
+    assert max(abs(a - b) for (_, _, a), (_, _, b) in zip(got, reference)) <= 1e-4

@@ -135,3 +135,36 @@ def test_a_two_process_checkpoint_resumes_with_one_process(runs):
     got = val_losses(run)
     assert [(s, m) for s, m, _ in got] == [(s, m) for s, m, _ in reference]
     assert max(abs(a - b) for (_, _, a), (_, _, b) in zip(got, reference)) <= 1e-4
+
+
+# -- launchers and threads (no training) ---------------------------------------------------------
+
+def _in_child(code: str, parent_args: list[str], env: dict) -> str:
+    """Run `code` in a grandchild whose parent's command line carries `parent_args`, as
+    `accelerate launch ...` is the parent of the script it starts."""
+    outer = f"import subprocess, sys; sys.exit(subprocess.run([sys.executable, '-c', {code!r}]).returncode)"
+    return subprocess.run([sys.executable, "-c", outer, *parent_args], env=env, capture_output=True, text=True,
+                          timeout=60).stdout
+
+
+def test_accelerate_launch_on_cpu_with_several_processes_is_named():
+    code = "from surgery.run_cli import cpu_launch_warning; print(cpu_launch_warning())"
+    env = dict(ENV, ACCELERATE_USE_CPU="True")
+    env.pop("WORLD_SIZE", None)
+    said = _in_child(code, ["--cpu", "--num_processes", "2"], env)
+    assert "asked for 2 processes but started one" in said and "torchrun --nproc_per_node 2" in said
+    assert _in_child(code, ["--cpu", "--num-processes=1"], env).strip() == "None"
+    env.pop("ACCELERATE_USE_CPU")  # not started by accelerate's simple launcher
+    assert _in_child(code, ["--num_processes", "2"], env).strip() == "None"
+
+
+def test_threads_follow_omp_num_threads_else_cores_per_local_process():
+    code = "from surgery.run_cli import set_threads; print(set_threads())"
+    cores = len(os.sched_getaffinity(0))
+    base = {k: v for k, v in ENV.items() if k not in ("OMP_NUM_THREADS", "LOCAL_WORLD_SIZE")}
+    run = lambda **kw: int(subprocess.run([sys.executable, "-c", code], env=dict(base, **kw), capture_output=True,
+                                          text=True, timeout=60).stdout)
+    assert run(OMP_NUM_THREADS="3") == 3
+    assert run() == cores
+    assert run(LOCAL_WORLD_SIZE="2") == max(1, cores // 2)
+    assert run(LOCAL_WORLD_SIZE=str(cores + 5)) == 1

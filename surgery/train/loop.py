@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import signal
 import threading
@@ -38,7 +39,6 @@ from surgery.train.tokenizer import get_tokenizer
 def tracker(name: str, out: Path) -> str:
     """The Accelerate tracker for report_to=NAME, set to write inside the run folder and offline
     (W&B offline mode, MLflow file store) unless the environment already says otherwise."""
-    import os
 
     from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
 
@@ -721,12 +721,21 @@ class _Signals:
     def __init__(self):
         self.received: str | None = None
         self.armed = False  # before training (data, tokenizer) there is nothing to save: stop at once
+        self.launched = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+        self.at = 0.0
         self._old = {}
 
     def _handle(self, signum, frame):
-        if self.received is not None or not self.armed:
+        if not self.armed:
+            raise KeyboardInterrupt
+        if self.received is not None:
+            # Under torchrun a Ctrl-C reaches each worker twice (from the terminal, then forwarded
+            # by torchrun): a repeat within a second is that echo, not a second request.
+            if self.launched and time.monotonic() - self.at < 1.0:
+                return
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
+        self.at = time.monotonic()
 
     def __enter__(self) -> "_Signals":
         if threading.current_thread() is threading.main_thread():

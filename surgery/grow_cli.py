@@ -58,7 +58,7 @@ def _heads_follow_width(update: dict, base: ModelSpec) -> None:
     if "d_kv" in update or base.d_kv is not None:
         return
     d, size = update.get("d_model", base.d_model), base.head_dim
-    t5 = " (or give d_kv= to change the head size)" if base.family == "t5" else ""
+    t5 = " (or give d_kv= to change the head size)" if "d_kv" in base.descriptor.args else ""
     if "heads" in update:
         h = update["heads"]
         if d % h == 0 and d // h != size and d % size == 0:

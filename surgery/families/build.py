@@ -50,6 +50,13 @@ def build_model(spec: ModelSpec, seed: int = 0, **config_overrides):
     return apply_quirks(model, spec)
 
 
+def give_own_head(model, weight: torch.Tensor) -> None:
+    """A model transformers built with a tied head, given its own head tensor (the family's hook)."""
+    family = family_of_class(type(model).__name__)
+    if family is not None and family.own_head:
+        _hook(family.own_head)(model, weight)
+
+
 def apply_quirks(model, spec: ModelSpec):
     """What the family does to a model transformers built or loaded (its `after_build` hook)."""
     hook = spec.descriptor.after_build

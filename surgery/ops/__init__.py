@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from surgery.errors import SurgeryError
-from surgery.families.build import layout_of_model, spec_of_model, untie_t5_head
+from surgery.families.build import give_own_head, layout_of_model, spec_of_model
 from surgery.ops.growth import OPS, GrowthPlan, parse_op, plan_growth
 from surgery.ops.optim import grow_state, load_optimizer_state, optimizer_state_by_name
 from surgery.spec import ModelSpec
@@ -74,8 +74,8 @@ def _new_model(model, config: dict, untied: bool):
     cfg = type(model.config).from_dict(config)
     with no_init_weights():
         new = type(model)(cfg)
-    if untied and cfg.model_type == "t5":
-        untie_t5_head(new, torch.zeros_like(new.lm_head.weight))
+    if untied:  # where transformers ties the head whatever the config says (T5)
+        give_own_head(new, torch.zeros_like(new.get_output_embeddings().weight))
     return new
 
 
@@ -169,7 +169,13 @@ def grow_checkpoint(src_dir, dst: ModelSpec, op: str, out_dir, seed: int = 0, op
     set, not by the model. The bytes written do not depend on `threads`, and equal what
     grow_model makes with the same seed. dtype: the output's (default: the source's); the growth
     arithmetic is fp32 either way."""
-    from surgery.io import DEFAULT_SHARD_BYTES, TensorTask, default_threads, load_checkpoint, save_checkpoint
+    from surgery.io import (
+        DEFAULT_SHARD_BYTES,
+        TensorTask,
+        default_threads,
+        load_checkpoint,
+        save_checkpoint,
+    )
     from surgery.ops.memory import working_bytes
 
     ckpt = load_checkpoint(src_dir)

@@ -17,7 +17,7 @@ from surgery.ops.growth import OPS, GrowthPlan, parse_op, plan_growth
 from surgery.ops.optim import grow_state, load_optimizer_state, optimizer_state_by_name
 from surgery.spec import ModelSpec
 
-__all__ = ["OPS", "Growth", "GrowthPlan", "CheckpointPlan", "grow_model", "grow_checkpoint", "plan_checkpoint",
+__all__ = ["OPS", "GrownModel", "GrowthPlan", "CheckpointPlan", "grow_model", "grow_checkpoint", "plan_checkpoint",
            "plan_growth", "parse_op",
            "optimizer_state_by_name", "load_optimizer_state"]
 
@@ -46,7 +46,7 @@ class _ModelSource:
 
 
 @dataclass
-class Growth:
+class GrownModel:
     """The result of growing a model in memory."""
 
     model: object  # transformers PreTrainedModel, same class as the input, target dims
@@ -79,7 +79,7 @@ def _new_model(model, config: dict, untied: bool):
     return new
 
 
-def grow_model(model, src: ModelSpec, dst: ModelSpec, op: str, *, seed: int = 0, options: dict | None = None) -> Growth:
+def grow_model(model, src: ModelSpec, dst: ModelSpec, op: str, *, seed: int = 0, options: dict | None = None) -> GrownModel:
     """Grow a transformers model (T5ForConditionalGeneration, BertForMaskedLM, BertModel) by `op`."""
     family, layout = layout_of_model(model)
     actual = spec_of_model(model)
@@ -103,7 +103,7 @@ def grow_model(model, src: ModelSpec, dst: ModelSpec, op: str, *, seed: int = 0,
     new.tie_weights(recompute_mapping=False)
     new.to(device)
     new.train(model.training)
-    return Growth(new, plan, source)
+    return GrownModel(new, plan, source)
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE = -100
+from surgery.train.objectives import IGNORE, Objective
 
 
 def word_starts(tokenizer) -> np.ndarray:
@@ -38,7 +38,7 @@ def truncated_geometric(p: float, max_len: int) -> np.ndarray:
     return probs / probs.sum()
 
 
-class _Base:
+class _Base(Objective):
     """Shared BERT input plumbing: [CLS] block [SEP], pad-aware attention mask, 80/10/10."""
 
     family = "bert"
@@ -85,14 +85,6 @@ class _Base:
             copy = epoch % max(1, int(self.masks))
             return [np.random.default_rng([self.seed, 31337, int(b), copy]) for b in block_ids]
         return [rng] * n
-
-    def build_aux(self, model):
-        return None
-
-    def loss(self, model, aux, batch):
-        out = model(**batch)
-        return out.loss, int((batch["labels"] != IGNORE).sum())
-
 
 @dataclass
 class MaskedLMPlus(_Base):

@@ -21,15 +21,22 @@ import torch
 from rich.markup import escape
 from safetensors import SafetensorError
 
+from surgery.checkpoints import carry_files, has_tokenizer
 from surgery.errors import SurgeryError
+from surgery.families.build import with_pretraining_head
 from surgery.train import checkpoint as ckpt
 from surgery.train.console import RunConsole, fmt_loss
-from surgery.train.data import BatchOrder, step_rng, to_blocks, to_doc_blocks, tokenize_documents, validation_batches
-from surgery.train.objectives import default_loss, make_objective
-from surgery.train.schedule import LrCurve, RunSettings, Segment
 from surgery.train.corpus import load_documents, resolve_corpus
-from surgery.checkpoints import carry_files, has_tokenizer
-from surgery.families.build import with_pretraining_head
+from surgery.train.data import (
+    BatchOrder,
+    step_rng,
+    to_blocks,
+    to_doc_blocks,
+    tokenize_documents,
+    validation_batches,
+)
+from surgery.train.objectives import make_objective
+from surgery.train.schedule import LrCurve, RunSettings, Segment
 from surgery.train.tokenizer import get_tokenizer
 
 
@@ -38,7 +45,11 @@ def tracker(name: str, out: Path) -> str:
     (W&B offline mode, MLflow file store) unless the environment already says otherwise."""
     import os
 
-    from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
+    from accelerate.utils import (
+        is_mlflow_available,
+        is_tensorboard_available,
+        is_wandb_available,
+    )
 
     available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available, "mlflow": is_mlflow_available}
     if name not in available:
@@ -226,8 +237,8 @@ class Trainer:
     def _distil_loss(self, teacher, student, options: dict):
         from surgery.distillation import build
 
-        mask_id = getattr(self.objective, "mask_id", None)
-        return build(options.get("style", "distilbert"), teacher, student, options, mask_id).to(self.acc.device)
+        return build(options.get("style", "distilbert"), teacher, student, options,
+                     self.objective.mask_id).to(self.acc.device)
 
     def stage_aux(self, model, aux_weights):
         """The modules trained beside the model in this stage: a distillation's (projections, tutor)
@@ -235,7 +246,7 @@ class Trainer:
         if self.distil is not None:
             self.aux = self.distil.trainable
         elif self.aux is None or self.aux_is_distil:
-            self.aux = self.objective.build_aux(model) if hasattr(self.objective, "build_aux") else None
+            self.aux = self.objective.build_aux(model)
         self.aux_is_distil = self.distil is not None
         if self.aux is not None and aux_weights is not None:
             self.aux.load_state_dict(aux_weights)
@@ -246,13 +257,12 @@ class Trainer:
         """The model as the class its objective trains (sop: *ForPreTraining, with its head)."""
         from surgery.train.bert_objectives import as_model_kind
 
-        return as_model_kind(model, getattr(self.objective, "model_kind", "mlm"))
+        return as_model_kind(model, self.objective.model_kind)
 
     def loss(self, model, batch, train: bool = True):
         if self.distil is not None:
             return self.distil(model, batch, train=train)
-        fn = getattr(self.objective, "loss", None)
-        return fn(model, self.aux, batch) if fn else default_loss(model, None, batch)
+        return self.objective.loss(model, self.aux, batch)
 
     @torch.no_grad()
     def validate(self, model) -> float:

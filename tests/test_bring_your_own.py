@@ -250,3 +250,20 @@ def test_finetune_never_writes_into_a_checkpoint_outside_a_run(tmp_path):
     assert output_root(tmp_path / "anything", tmp_path / "o") == tmp_path / "o"
     res = CliRunner().invoke(app, ["finetune", str(MINILM or tmp_path), "--task", "klue-nli"])
     assert res.exit_code == 2 and "say where to write with --out" in res.output
+
+
+def test_resume_pairs_the_weights_with_the_run_s_own_tokenizer(env):
+    """A cleared tokenizer cache (another machine) cannot pair a resumed run's weights with
+    another tokenizer: --resume reads the one the run folder keeps and trains none."""
+    import shutil
+
+    recipe = env / "r.grow"
+    recipe.write_text('model M = bert(layers=1, d_model=32, heads=2, d_ff=64, vocab=300)\n'
+                      'train M 6steps on "corpus.txt"\n    batch_size=2 seq_len=32 val_every=3steps\n')
+    _run(recipe, env / "run")
+    kept = (env / "run" / "tokenizer" / "tokenizer.json").read_bytes()
+    shutil.rmtree(env / "cache")
+    res = CliRunner().invoke(app, ["run", str(recipe), "--out", str(env / "run"), "--resume", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert not (env / "cache" / "tokenizers").exists()
+    assert (env / "run" / "final" / "tokenizer.json").read_bytes() == kept

@@ -92,6 +92,8 @@ def coerce(key: str, value, info: ArgInfo) -> Any:
         return _BOOLS[text]
     if is_text or not isinstance(raw, (int, float)):
         raise ArgError(f"{key} is a number", pos)
+    if info.kind == "int" and isinstance(raw, float) and raw.is_integer():
+        raw = int(raw)  # 1.0 is the whole number 1
     if info.kind == "int" and not isinstance(raw, int):
         raise ArgError(f"{key} is a whole number, got {_text(raw)}", pos)
     check_bounds(key, raw, info, pos)

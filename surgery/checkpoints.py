@@ -33,6 +33,13 @@ def _cache_dir() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
+def resolve_source(path: Path) -> Path:
+    """A checkpoint a command names: a folder, or `org/name` from the local Hugging Face cache."""
+    if not path.exists() and looks_like_hub_id(str(path)):
+        return resolve_hub(str(path))
+    return path
+
+
 def looks_like_hub_id(text: str) -> bool:
     """`org/name` that is not an existing path: what `surgery grow org/name` means by a hub id."""
     parts = text.split("/")
@@ -57,6 +64,10 @@ def read_config(folder: Path) -> dict:
         raise SurgeryError(f"{folder}/config.json cannot be read: {err}") from None
 
 
+def has_tokenizer(folder: Path) -> bool:
+    return any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model"))
+
+
 def tokenizer_size(folder: Path) -> int | None:
     """How many token ids the folder's tokenizer produces (its vocabulary and added tokens), from
     tokenizer.json or vocab.txt; None when the folder has no tokenizer of either kind."""
@@ -71,3 +82,42 @@ def tokenizer_size(folder: Path) -> int | None:
     if vt.is_file():
         return sum(1 for _ in vt.open(encoding="utf-8"))
     return None
+
+
+# The files of a tokenizer (and generation settings): copied as they are wherever the weights go.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "spiece.model", "sentencepiece.bpe.model", "merges.txt", "vocab.json", "added_tokens.json",
+                   "chat_template.jinja", "generation_config.json")
+# Files surgery writes itself (weights, config, tokenizer); every other file of a checkpoint folder
+# (sentence-transformers' modules.json and pooling config, a README, ...) is carried along.
+OWNED = ("config.json", "model.safetensors", "model.safetensors.index.json") + TOKENIZER_FILES
+# weights in other formats would no longer match the grown model: not carried
+STALE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".ckpt", ".gguf")
+STALE_DIRS = ("onnx", "openvino", "checkpoints")
+
+
+def carry_files(src: Path, dst: Path, d_model: int) -> list[str]:
+    """Copy the files of checkpoint folder `src` that surgery does not write into `dst` (never over a
+    file already there), with the dimensions that depend on the width updated: a
+    sentence-transformers pooling config's `word_embedding_dimension`. Returns what was copied."""
+    import shutil
+
+    copied = []
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if path.is_dir() or rel.parts[0] in STALE_DIRS or path.name in OWNED and len(rel.parts) == 1:
+            continue
+        if path.suffix in STALE_SUFFIXES or rel.parts[0].startswith("."):
+            continue
+        target = dst / rel
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.name == "config.json" and len(rel.parts) > 1 and rel.parts[0].endswith("_Pooling"):
+            cfg = json.loads(path.read_text())
+            cfg["word_embedding_dimension"] = d_model
+            target.write_text(json.dumps(cfg, indent=2) + "\n")
+        else:
+            shutil.copy2(path, target)
+        copied.append(str(rel))
+    return copied

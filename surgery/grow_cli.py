@@ -58,7 +58,7 @@ def _heads_follow_width(update: dict, base: ModelSpec) -> None:
     if "d_kv" in update or base.d_kv is not None:
         return
     d, size = update.get("d_model", base.d_model), base.head_dim
-    t5 = " (or give d_kv= to change the head size)" if base.family == "t5" else ""
+    t5 = " (or give d_kv= to change the head size)" if "d_kv" in base.descriptor.args else ""
     if "heads" in update:
         h = update["heads"]
         if d % h == 0 and d // h != size and d % size == 0:
@@ -131,6 +131,7 @@ def dry_run_command(src: Path, *, op: str, to: str, seed: int = 0, threads: int 
     """Plan a growth from the safetensors headers alone and print the memory it will need."""
     from rich.console import Console
 
+    from surgery.checkpoints import resolve_source
     from surgery.io import load_checkpoint
     from surgery.ops import plan_checkpoint
     from surgery.shapes import human_bytes
@@ -138,6 +139,7 @@ def dry_run_command(src: Path, *, op: str, to: str, seed: int = 0, threads: int 
     if op.split("(")[0] in COMPRESSION_OPS:
         raise SurgeryError(f"--dry-run plans growth ops; {op} builds its model in memory: run it without --dry-run")
     console = Console()
+    src = resolve_source(src)
     ckpt = load_checkpoint(src)
     dst = parse_to(to, ckpt.spec)
     cp = plan_checkpoint(src, dst, op, seed=seed, threads=threads, dtype=dtype)
@@ -167,6 +169,7 @@ def grow_command(src: Path, *, op: str, to: str, out: Path, seed: int = 0, probe
                  threads: int | None = None, dtype: str | None = None) -> None:
     from rich.console import Console
 
+    from surgery.checkpoints import resolve_source
     from surgery.io import load_checkpoint
     from surgery.ops import grow_checkpoint
     from surgery.ops.probe import relative_change
@@ -177,6 +180,7 @@ def grow_command(src: Path, *, op: str, to: str, out: Path, seed: int = 0, probe
     hf_logging.set_verbosity_error()  # the untied-head notice is expected; we report what matters
     hf_logging.disable_progress_bar()
     console = Console()
+    src = resolve_source(src)
     if op.split("(")[0] in COMPRESSION_OPS:
         name = op.split("(")[0]
         options = compress_options(op)
@@ -239,7 +243,8 @@ def compress_command(src: Path, *, op: str, to: str, out: Path, console, probe: 
     import shutil
 
     from surgery.compress import compress_model, load_model
-    from surgery.io import CARRIED_FILES, atomic_folder
+    from surgery.checkpoints import TOKENIZER_FILES, carry_files
+    from surgery.io import atomic_folder
     from surgery.ops.probe import relative_change
 
     if not (Path(src) / "config.json").exists():
@@ -272,7 +277,7 @@ def compress_command(src: Path, *, op: str, to: str, out: Path, console, probe: 
             raise SurgeryError("--op factorize needs the embedding size: factorize(E) or --to embedding=E")
     if op == "share":
         what = options.pop("what", None)
-        said = dst.share if dst.share != (src_spec.share if src_spec.family == "albert" else "none") else None
+        said = dst.share if dst.share != src_spec.share else None
         if what is not None and said is not None and said != what:
             raise SurgeryError(f"--op share({what}) but --to share={said}")
         dst = dst.model_copy(update={"share": what or said or "all"})
@@ -280,9 +285,10 @@ def compress_command(src: Path, *, op: str, to: str, out: Path, console, probe: 
     small = compress_model(model, src_spec, dst, op, options)
     with atomic_folder(out) as tmp:
         small.save_pretrained(tmp, safe_serialization=True)
-        for name in CARRIED_FILES:
+        for name in TOKENIZER_FILES:
             if (Path(src) / name).exists():
                 shutil.copy2(Path(src) / name, tmp / name)
+        carry_files(Path(src), tmp, dst.d_model)
     console.print(f"[bold]{op}[/]: {src_spec.describe()} -> {dst.describe()}")
     console.print(f"parameters: {model.num_parameters():,} -> {small.num_parameters():,}")
     if probe and op != "distil":  # a student is trained to follow; at birth it is not meant to

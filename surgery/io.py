@@ -33,14 +33,11 @@ import torch
 
 from surgery.errors import SurgeryError
 from surgery.families import FAMILIES
+from surgery.checkpoints import TOKENIZER_FILES, carry_files
 from surgery.families.build import layout_of_checkpoint
 from surgery.headers import INDEX_NAME, SINGLE_NAME, HeaderError, TensorInfo, checkpoint_files, read_headers
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
-# Files beside the weights that describe the tokenizer or generation: carried over to the output.
-CARRIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-                 "spiece.model", "sentencepiece.bpe.model", "merges.txt", "vocab.json", "added_tokens.json",
-                 "generation_config.json")
 
 _DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -379,10 +376,14 @@ def save_checkpoint(out_dir: str | Path, source, config: dict | None = None, *,
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
         write_tensors(tmp, tasks, shard_bytes, threads=threads, budget=budget)
         if carry_from is not None:
-            for name in CARRIED_FILES:
+            for name in TOKENIZER_FILES:  # the tokenizer travels with the weights
                 f = Path(carry_from) / name
                 if f.is_file():
                     shutil.copy2(f, tmp / name)
+            # and what surgery does not own (sentence-transformers' files), widths updated
+            from surgery.spec import ModelSpec
+
+            carry_files(Path(carry_from), tmp, ModelSpec.from_hf_config(config).d_model)
     return Path(out_dir)
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from surgery.checkpoints import has_tokenizer, read_config
 from surgery.plan import Plan, TrainStage, plan_and_missing
-from surgery.recipe import load_recipe
 from surgery.plan.cost import FLOPS_ASSUMPTION, baseline_flops, stage_cost
 from surgery.plan.export import plan_json
+from surgery.recipe import load_recipe
 from surgery.shapes import (
     human,
     human_bytes,
@@ -21,6 +22,19 @@ from surgery.shapes import (
 def _fmt_point_range(plan: Plan, stage: TrainStage) -> str:
     end = stage.end.text() if stage.end else f"{plan.train.budget.text()} (end)"
     return f"{stage.start.text()} -> {end}"
+
+
+def bare_checkpoint_note(folder: Path) -> str | None:
+    """What training adds to a checkpoint saved without its pretraining head (BertModel, ...)."""
+    from surgery.families import family_of_class
+
+    if not (folder / "config.json").is_file():
+        return None
+    archs = read_config(folder).get("architectures") or []
+    family = family_of_class(archs[0]) if archs else None
+    if family is None or family.classes.get(archs[0]) != "":
+        return None
+    return f"a bare {archs[0]} checkpoint: training adds {family.model_class}'s head, freshly initialised"
 
 
 def render(plan: Plan, console) -> None:
@@ -41,6 +55,11 @@ def render(plan: Plan, console) -> None:
     console.print(models)
     for name, path in plan.checkpoints.items():
         console.print(f"pretrained {name}: {path}")
+        note = bare_checkpoint_note(Path(path))
+        if note:
+            console.print(f"  [yellow]note:[/] {note}")
+        if has_tokenizer(Path(path)):
+            console.print("  tokenizer: the checkpoint's own (the run trains none)")
 
     stages = Table(title="stages", title_justify="left")
     for col in ("#", "stage", "model", "when", "length", "tokens", "FLOPs"):

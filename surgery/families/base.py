@@ -105,6 +105,9 @@ class Family:
     no_growth: str | None = None
     # torch-side hook run on a freshly built model ("module:function", called with model, spec).
     after_build: str | None = None
+    # torch-side hook that gives a model its own head tensor where transformers would tie it
+    # (T5 built from a config always ties): called with (model, weight).
+    own_head: str | None = None
     # -- the neutral view (families that grow) --
     norm: Literal["rms", "ln"] = "ln"
     norm_position: Literal["pre", "post"] = "pre"

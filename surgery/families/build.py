@@ -50,6 +50,13 @@ def build_model(spec: ModelSpec, seed: int = 0, **config_overrides):
     return apply_quirks(model, spec)
 
 
+def give_own_head(model, weight: torch.Tensor) -> None:
+    """A model transformers built with a tied head, given its own head tensor (the family's hook)."""
+    family = family_of_class(type(model).__name__)
+    if family is not None and family.own_head:
+        _hook(family.own_head)(model, weight)
+
+
 def apply_quirks(model, spec: ModelSpec):
     """What the family does to a model transformers built or loaded (its `after_build` hook)."""
     hook = spec.descriptor.after_build
@@ -116,3 +123,29 @@ def layout_of_checkpoint(config: dict, names: set[str], get: Callable[[str], tor
         if untied:
             spec = spec.model_copy(update={"head": "untied"})
     return family, layout, spec
+
+
+def with_pretraining_head(model):
+    """A bare model (BertModel, RobertaModel, GPT2Model, LlamaModel, ...) as its family's pretraining
+    class with the same body and a fresh head: an MLM head's transform newly initialised with its
+    decoder tied to the word embeddings, an LM head tied or untied as the config says. Returns
+    (model, note); the note is None when the model already had its head."""
+    import transformers
+
+    cls = type(model).__name__
+    family = family_of_class(cls)
+    if family is None or family.classes.get(cls) != "":
+        return model, None
+    new = getattr(transformers, family.model_class)(model.config)
+    body = {k: v for k, v in model.state_dict().items() if not k.startswith("pooler.")}
+    missing, unexpected = new.base_model.load_state_dict(body, strict=False)
+    missing = [k for k in missing if "pooler" not in k and "position_ids" not in k]
+    if missing or unexpected:
+        raise SurgeryError(f"cannot put the {cls} body under {family.model_class}: "
+                           f"{', '.join((missing or unexpected)[:3])} do not match")
+    new.tie_weights()
+    tied = new.get_output_embeddings() is not None and (
+        new.get_output_embeddings().weight.data_ptr() == new.get_input_embeddings().weight.data_ptr())
+    note = (f"a bare {cls} checkpoint: training adds {family.model_class}'s head, freshly initialised"
+            + (", its output tied to the embeddings" if tied else ", untied (as the config says)"))
+    return new, note

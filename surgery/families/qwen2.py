@@ -11,17 +11,10 @@ Quirks the view records (beyond Llama's, see llama.py):
 
 from __future__ import annotations
 
-from surgery.families.base import Family, Layout, Template, TokenizerInfo, common_args
-from surgery.families.llama import (
-    DECODER_ARGS,
-    describe,
-    global_templates,
-    layout_of,
-    recipe_fields,
-    spec_fields,
-    stack_templates,
-    validate,
-)
+from dataclasses import replace
+
+from surgery.families.base import Layout, Template, TokenizerInfo
+from surgery.families.llama import LLAMA
 from surgery.families.llama import block_templates as llama_blocks
 from surgery.families.llama import hf_config as llama_config
 from surgery.view import Kind, Role, axes
@@ -39,38 +32,21 @@ def hf_config(spec) -> dict:
     return {**llama_config(spec), "use_sliding_window": False, "layer_types": ["full_attention"] * spec.layers}
 
 
-QWEN2 = Family(
+# Llama's descriptor with Qwen2's classes, biases, config and tokenizer
+QWEN2 = replace(
+    LLAMA,
     name="qwen2",
-    kind="decoder",
     summary="Qwen2 (Qwen2ForCausalLM): Llama's layout with q/k/v biases, tied or untied head, GQA",
-    args=common_args(**DECODER_ARGS),
     config_class="Qwen2Config",
     model_class="Qwen2ForCausalLM",
     classes={"Qwen2ForCausalLM": "lm", "Qwen2Model": ""},
     hf_config=hf_config,
-    spec_fields=spec_fields,
-    recipe_fields=recipe_fields,
-    default_objective="clm",
     tokenizer=TokenizerInfo(
         specials={"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>", "unk_token": "<unk>"},
         single="$A <|im_end|>",
         pair="$A <|im_end|> $B <|im_end|>",
     ),
-    tiny=dict(layers=2, d_model=16, heads=4, kv_heads=2, d_ff=32, max_positions=64),
-    validate=validate,
-    describe=describe,
-    json_fields=lambda spec: {"kv_heads": spec.n_kv_heads, "head": spec.head, "max_positions": spec.max_positions},
-    growth_keeps=("head",),
-    norm="rms",
-    norm_position="pre",
-    eps_key="rms_norm_eps",
-    stacks=("dec",),
-    dim_keys=("hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size",
-              "num_hidden_layers", "layer_types"),
-    global_templates=global_templates,
-    stack_templates=stack_templates,
+    dim_keys=LLAMA.dim_keys + ("layer_types",),
     block_templates=block_templates,
-    layout_of=layout_of,
-    untied_head_in=lambda names, get: "lm_head.weight" in names,
     plan_layout=lambda spec: Layout("Qwen2ForCausalLM", prefix="model.", untied_head=spec.head == "untied"),
 )

@@ -13,8 +13,12 @@ Quirks the view records:
 
 from __future__ import annotations
 
-from surgery.families.base import MAX_POSITIONS, Family, Layout, Template, TokenizerInfo, common_args
-from surgery.families.bert import ODD_SPLIT_ACTS, _linear, _norm, block_templates
+from dataclasses import replace
+
+from surgery.families.base import Layout, Template, TokenizerInfo
+from surgery.families.bert import BERT, _linear, _norm
+from surgery.families.bert import hf_config as bert_config
+from surgery.families.bert import spec_fields as bert_fields
 from surgery.view import Kind, Role, axes
 
 M, V = Kind.MODEL, Kind.VOCAB
@@ -41,30 +45,14 @@ def global_templates(spec, layout: Layout) -> list[Template]:
 
 
 def hf_config(spec) -> dict:
-    return {
-        "vocab_size": spec.vocab,
-        "hidden_size": spec.d_model,
-        "num_hidden_layers": spec.layers,
-        "num_attention_heads": spec.heads,
-        "intermediate_size": spec.d_ff,
-        "max_position_embeddings": spec.max_positions + PAD_ID + 1,
-        "type_vocab_size": 1,
-        "pad_token_id": PAD_ID,
-        "bos_token_id": 0,
-        "eos_token_id": 2,
-    }
+    return {**bert_config(spec), "max_position_embeddings": spec.max_positions + PAD_ID + 1, "type_vocab_size": 1,
+            "pad_token_id": PAD_ID, "bos_token_id": 0, "eos_token_id": 2}
 
 
 def spec_fields(config: dict) -> dict:
-    pad = config.get("pad_token_id", PAD_ID)
-    return dict(
-        layers=config["num_hidden_layers"],
-        d_model=config["hidden_size"],
-        heads=config["num_attention_heads"],
-        d_ff=config["intermediate_size"],
-        vocab=config["vocab_size"],
-        max_positions=config.get("max_position_embeddings", 514) - pad - 1,
-    )
+    # the table holds max_positions + padding index + 1 rows
+    return {**bert_fields(config), "max_positions": config.get("max_position_embeddings", 514)
+            - config.get("pad_token_id", PAD_ID) - 1}
 
 
 def layout_of(cls: str, names: set[str]) -> Layout:
@@ -76,39 +64,27 @@ def layout_of(cls: str, names: set[str]) -> Layout:
     return Layout(cls, prefix="" if bare else "roberta.", has_pooler=bare, has_mlm_head=not bare)
 
 
-ROBERTA = Family(
+# BERT's descriptor with RoBERTa's names, positions, token types and tokenizer
+ROBERTA = replace(
+    BERT,
     name="roberta",
-    kind="encoder",
     summary="RoBERTa (RobertaForMaskedLM): BERT's encoder with positions offset by the padding index, one token type",
-    args=common_args(max_positions=MAX_POSITIONS),
     config_class="RobertaConfig",
     model_class="RobertaForMaskedLM",
     classes={"RobertaForMaskedLM": "mlm", "RobertaModel": ""},
     hf_config=hf_config,
     spec_fields=spec_fields,
-    default_objective="mlm",
     tokenizer=TokenizerInfo(
         specials={"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
                   "mask_token": "<mask>", "cls_token": "<s>", "sep_token": "</s>"},
         single="<s> $A </s>",
         pair="<s> $A </s> </s> $B </s>",
+        token_type_ids=False,
     ),
-    no_dropout={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
     tiny=dict(layers=2, d_model=16, heads=4, d_ff=64, max_positions=32),
-    json_fields=lambda spec: {"max_positions": spec.max_positions},
-    growth_keeps=("max_positions",),
-    norm="ln",
-    norm_position="post",
-    eps_key="layer_norm_eps",
-    stacks=("enc",),
-    dim_keys=("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers"),
     global_templates=global_templates,
-    block_templates=block_templates,
     extra_dims=lambda config: {Kind.POS: config.get("max_position_embeddings", 514),
                                Kind.TYPE: config.get("type_vocab_size", 1)},
     layout_of=layout_of,
-    head_note=lambda spec: "decoder tied",
     passthrough=(r"^(roberta\.)?embeddings\.(position_ids|token_type_ids)$",),
-    odd_split_acts=ODD_SPLIT_ACTS,
-    act_key="hidden_act",
 )

@@ -157,6 +157,7 @@ T5 = Family(
     json_fields=lambda spec: {"ff": spec.ff, "head": spec.head},
     growth_keeps=("ff", "head"),
     after_build="surgery.families.build:untie_t5_head_if_asked",
+    own_head="surgery.families.build:untie_t5_head",
     norm="rms",
     norm_position="pre",
     eps_key="layer_norm_epsilon",

@@ -21,9 +21,27 @@ def parse_tasks(text: str) -> list[str]:
     return names
 
 
+def output_root(checkpoint: Path, out: Path | None) -> Path:
+    """Where fine-tuning writes: --out, else beside the run the checkpoint belongs to (a run's
+    final/ -> RUN/finetune, a stage folder -> RUN/finetune-stages/STAGE); never into the checkpoint
+    or anywhere outside a run unasked."""
+    if out is not None:
+        return out
+    ckpt = checkpoint.resolve()
+    if (ckpt.parent / "plan.json").is_file() and ckpt.name == "final":
+        return ckpt.parent / "finetune"
+    if ckpt.parent.name == "stages" and (ckpt.parent.parent / "plan.json").is_file():
+        return ckpt.parent.parent / "finetune-stages" / ckpt.name
+    raise SurgeryError(f"{checkpoint} is not a run's final/ or stage folder: say where to write with --out "
+                       "(fine-tuning never writes into the checkpoint)")
+
+
 def finetune_command(checkpoint: Path, task: str, out: Path | None, **params) -> dict[str, dict[str, float]]:
+    from surgery.checkpoints import resolve_source
+
     names = parse_tasks(task)
-    root = out if out is not None else checkpoint / "finetune"
+    checkpoint = resolve_source(checkpoint)
+    root = output_root(checkpoint, out)
     params = {k: v for k, v in params.items() if v is not None}
     results = {name: finetune(checkpoint, name, root / name, **params) for name in names}
     table = Table(title=f"fine-tuning {checkpoint}")

@@ -77,7 +77,7 @@ def load_head(checkpoint, head: str, config, **config_overrides):
     """The model for `head` ('classification', 'span' or 'seq2seq') from a checkpoint folder."""
     from transformers import AutoModelForQuestionAnswering, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
-    is_t5 = config.model_type in ("t5", "mt5")
+    is_t5 = config.is_encoder_decoder  # the encoder-only heads below are T5's
     if head == "seq2seq":
         cls = AutoModelForSeq2SeqLM
     elif head == "classification":

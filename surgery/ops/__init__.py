@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 
 from surgery.errors import SurgeryError
-from surgery.families.build import layout_of_model, spec_of_model, untie_t5_head
+from surgery.families.build import give_own_head, layout_of_model, spec_of_model
 from surgery.ops.growth import OPS, GrowthPlan, parse_op, plan_growth
 from surgery.ops.optim import grow_state, load_optimizer_state, optimizer_state_by_name
 from surgery.spec import ModelSpec
 
-__all__ = ["OPS", "Growth", "GrowthPlan", "CheckpointPlan", "grow_model", "grow_checkpoint", "plan_checkpoint",
+__all__ = ["OPS", "GrownModel", "GrowthPlan", "CheckpointPlan", "grow_model", "grow_checkpoint", "plan_checkpoint",
            "plan_growth", "parse_op",
            "optimizer_state_by_name", "load_optimizer_state"]
 
@@ -46,7 +46,7 @@ class _ModelSource:
 
 
 @dataclass
-class Growth:
+class GrownModel:
     """The result of growing a model in memory."""
 
     model: object  # transformers PreTrainedModel, same class as the input, target dims
@@ -74,12 +74,12 @@ def _new_model(model, config: dict, untied: bool):
     cfg = type(model.config).from_dict(config)
     with no_init_weights():
         new = type(model)(cfg)
-    if untied and cfg.model_type == "t5":
-        untie_t5_head(new, torch.zeros_like(new.lm_head.weight))
+    if untied:  # where transformers ties the head whatever the config says (T5)
+        give_own_head(new, torch.zeros_like(new.get_output_embeddings().weight))
     return new
 
 
-def grow_model(model, src: ModelSpec, dst: ModelSpec, op: str, *, seed: int = 0, options: dict | None = None) -> Growth:
+def grow_model(model, src: ModelSpec, dst: ModelSpec, op: str, *, seed: int = 0, options: dict | None = None) -> GrownModel:
     """Grow a transformers model (T5ForConditionalGeneration, BertForMaskedLM, BertModel) by `op`."""
     family, layout = layout_of_model(model)
     actual = spec_of_model(model)
@@ -103,7 +103,7 @@ def grow_model(model, src: ModelSpec, dst: ModelSpec, op: str, *, seed: int = 0,
     new.tie_weights(recompute_mapping=False)
     new.to(device)
     new.train(model.training)
-    return Growth(new, plan, source)
+    return GrownModel(new, plan, source)
 
 
 @dataclass
@@ -169,7 +169,13 @@ def grow_checkpoint(src_dir, dst: ModelSpec, op: str, out_dir, seed: int = 0, op
     set, not by the model. The bytes written do not depend on `threads`, and equal what
     grow_model makes with the same seed. dtype: the output's (default: the source's); the growth
     arithmetic is fp32 either way."""
-    from surgery.io import DEFAULT_SHARD_BYTES, TensorTask, default_threads, load_checkpoint, save_checkpoint
+    from surgery.io import (
+        DEFAULT_SHARD_BYTES,
+        TensorTask,
+        default_threads,
+        load_checkpoint,
+        save_checkpoint,
+    )
     from surgery.ops.memory import working_bytes
 
     ckpt = load_checkpoint(src_dir)

@@ -17,7 +17,7 @@ def probe_batch(vocab: int, seed: int = 0, batch: int = 2, length: int = 16) -> 
 
 def outputs(model, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        if model.config.model_type == "t5":
+        if model.config.is_encoder_decoder:
             return model(input_ids=ids, decoder_input_ids=ids[:, : max(1, ids.shape[1] // 2)]).logits
         out = model(input_ids=ids)
         return out.logits if hasattr(out, "logits") else out.last_hidden_state

@@ -13,6 +13,7 @@ the same `masks` mask copies of each block for the whole run, as RoBERTa's stati
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE = -100
+from surgery.train.objectives import IGNORE, Objective
 
 
 def word_starts(tokenizer) -> np.ndarray:
@@ -37,7 +38,7 @@ def truncated_geometric(p: float, max_len: int) -> np.ndarray:
     return probs / probs.sum()
 
 
-class _Base:
+class _Base(Objective):
     """Shared BERT input plumbing: [CLS] block [SEP], pad-aware attention mask, 80/10/10."""
 
     family = "bert"
@@ -84,14 +85,6 @@ class _Base:
             copy = epoch % max(1, int(self.masks))
             return [np.random.default_rng([self.seed, 31337, int(b), copy]) for b in block_ids]
         return [rng] * n
-
-    def build_aux(self, model):
-        return None
-
-    def loss(self, model, aux, batch):
-        out = model(**batch)
-        return out.loss, int((batch["labels"] != IGNORE).sum())
-
 
 @dataclass
 class MaskedLMPlus(_Base):
@@ -428,12 +421,19 @@ class SentenceOrder(_Base):
 
     def loss(self, model, aux, batch):
         order = batch.pop("order_label")
-        key = "sentence_order_label" if model.config.model_type == "albert" else "next_sentence_label"
+        # ALBERT's pretraining class names its label for sentence order, BERT's for next sentence
+        key = "sentence_order_label" if "sentence_order_label" in inspect.signature(model.forward).parameters \
+            else "next_sentence_label"
         out = model(**batch, **{key: order})
         return out.loss, int((batch["labels"] != IGNORE).sum())
 
 
-_PRETRAINING = {"bert": "BertForPreTraining", "albert": "AlbertForPreTraining"}
+def _pretraining_class(model_type: str) -> str | None:
+    """The family's class with the sentence-order/next-sentence head (its descriptor's "pretraining")."""
+    from surgery.families import FAMILIES
+
+    family = FAMILIES.get(model_type)
+    return next((c for c, head in family.classes.items() if head == "pretraining"), None) if family else None
 
 
 def as_model_kind(model, kind: str):
@@ -441,10 +441,10 @@ def as_model_kind(model, kind: str):
     family's *ForPreTraining with the same weights and a fresh two-way head (and pooler)."""
     import transformers
 
-    family = model.config.model_type
-    if kind != "pretraining" or family not in _PRETRAINING or type(model).__name__ == _PRETRAINING[family]:
+    target = _pretraining_class(model.config.model_type)
+    if kind != "pretraining" or target is None or type(model).__name__ == target:
         return model
-    new = getattr(transformers, _PRETRAINING[family])(model.config)
+    new = getattr(transformers, target)(model.config)
     missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
     bad = [k for k in missing if not any(t in k for t in ("pooler", "seq_relationship", "sop_classifier"))]
     if bad or unexpected:

@@ -26,13 +26,22 @@ import torch
 from rich.markup import escape
 from safetensors import SafetensorError
 
+from surgery.checkpoints import carry_files, has_tokenizer
 from surgery.errors import SurgeryError
+from surgery.families.build import with_pretraining_head
 from surgery.train import checkpoint as ckpt
 from surgery.train.console import RunConsole, fmt_loss
-from surgery.train.data import BatchOrder, step_rng, to_blocks, to_doc_blocks, tokenize_documents, validation_batches
-from surgery.train.objectives import default_loss, make_objective
-from surgery.train.schedule import LrCurve, RunSettings, Segment
 from surgery.train.corpus import load_documents, resolve_corpus
+from surgery.train.data import (
+    BatchOrder,
+    step_rng,
+    to_blocks,
+    to_doc_blocks,
+    tokenize_documents,
+    validation_batches,
+)
+from surgery.train.objectives import make_objective
+from surgery.train.schedule import LrCurve, RunSettings, Segment
 from surgery.train.tokenizer import get_tokenizer
 
 
@@ -40,7 +49,11 @@ def tracker(name: str, out: Path) -> str:
     """The Accelerate tracker for report_to=NAME, set to write inside the run folder and offline
     (W&B offline mode, MLflow file store) unless the environment already says otherwise."""
 
-    from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
+    from accelerate.utils import (
+        is_mlflow_available,
+        is_tensorboard_available,
+        is_wandb_available,
+    )
 
     available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available, "mlflow": is_mlflow_available}
     if name not in available:
@@ -130,7 +143,7 @@ class Trainer:
         corpus = resolve_corpus(s.corpus, self.corpus_base)
         val_seed = s.seed if s.val_seed is None else s.val_seed
         train_docs, valid_docs = load_documents(corpus, seed=val_seed, val_fraction=s.val_fraction, max_docs=s.corpus_docs)
-        self.tokenizer = get_tokenizer(corpus, train_docs, self.family, self.vocab)
+        self.tokenizer = self.own_tokenizer() or get_tokenizer(corpus, train_docs, self.family, self.vocab)
         if len(self.tokenizer) > self.vocab:
             raise SurgeryError(f"tokenizer has {len(self.tokenizer)} tokens, more than the model's vocab={self.vocab}")
         try:
@@ -153,6 +166,28 @@ class Trainer:
         self.val = validation_batches(self.valid_blocks, self.objective, s.batch_size, val_seed, s.val_batches)
         self.tokens_per_step = s.batch_size * s.grad_accum * self.objective.raw_len
 
+    def own_tokenizer(self):
+        """The tokenizer the weights were trained with, when they come from somewhere: the run's
+        own (saved at its start; --resume reads it back), else the pretrained checkpoint's. Only a
+        run that starts from scratch trains a tokenizer (surgery.train.tokenizer)."""
+        from transformers import AutoTokenizer
+
+        saved = self.out / "tokenizer"
+        if self.resume and (saved / "tokenizer_config.json").exists():
+            return AutoTokenizer.from_pretrained(saved)
+        source = self.segments[0].init_from
+        if source is not None and has_tokenizer(Path(source)):
+            tok = AutoTokenizer.from_pretrained(source)
+            self.ui.line(f"tokenizer: the checkpoint's own ({type(tok).__name__}, {len(tok)} tokens) from {source}")
+            return tok
+        return None
+
+    def keep_tokenizer(self) -> None:
+        """The run folder holds the tokenizer its weights pair with, so --resume never pairs them
+        with another (a cleared cache, another machine)."""
+        if self.main and not self.resume:
+            self.tokenizer.save_pretrained(self.out / "tokenizer")
+
     # -- model --------------------------------------------------------------------------------
     def first_model(self, seg: Segment):
         from surgery.families import build_model
@@ -168,7 +203,9 @@ class Trainer:
         if source.spec.model_copy(update={"head": declared.head}) != declared:
             raise SurgeryError(f"pretrained checkpoint {seg.init_from} is {source.spec.describe()}, "
                                f"but the recipe declares {declared.describe()}")
-        model = source.model()
+        model, note = with_pretraining_head(source.model())
+        if note:
+            self.ui.line(f"pretrained {seg.init_from}: {note}")
         chain = seg.init_chain or (((seg.grow, seg.init_spec, seg.spec),) if seg.grow is not None else ())
         for growth, src_spec, dst_spec in chain:
             model = self.grow(model, src_spec, dst_spec, growth, self.s.seed if growth.seed is None else growth.seed)[0]
@@ -209,8 +246,8 @@ class Trainer:
     def _distil_loss(self, teacher, student, options: dict):
         from surgery.distillation import build
 
-        mask_id = getattr(self.objective, "mask_id", None)
-        return build(options.get("style", "distilbert"), teacher, student, options, mask_id).to(self.acc.device)
+        return build(options.get("style", "distilbert"), teacher, student, options,
+                     self.objective.mask_id).to(self.acc.device)
 
     def stage_aux(self, model, aux_weights):
         """The modules trained beside the model in this stage: a distillation's (projections, tutor)
@@ -218,7 +255,7 @@ class Trainer:
         if self.distil is not None:
             self.aux = self.distil.trainable
         elif self.aux is None or self.aux_is_distil:
-            self.aux = self.objective.build_aux(model) if hasattr(self.objective, "build_aux") else None
+            self.aux = self.objective.build_aux(model)
         self.aux_is_distil = self.distil is not None
         if self.aux is not None and aux_weights is not None:
             self.aux.load_state_dict(aux_weights)
@@ -229,15 +266,14 @@ class Trainer:
         """The model as the class its objective trains (sop: *ForPreTraining, with its head)."""
         from surgery.train.bert_objectives import as_model_kind
 
-        return as_model_kind(model, getattr(self.objective, "model_kind", "mlm"))
+        return as_model_kind(model, self.objective.model_kind)
 
     def loss(self, model, batch, train: bool = True):
         if model is not self.acc.unwrap_model(model):
             model = _Wrapped(model, self.acc.unwrap_model(model))
         if self.distil is not None:
             return self.distil(model, batch, train=train)
-        fn = getattr(self.objective, "loss", None)
-        return fn(model, self.aux, batch) if fn else default_loss(model, None, batch)
+        return self.objective.loss(model, self.aux, batch)
 
     @torch.no_grad()
     def validate(self, model) -> float:
@@ -270,6 +306,9 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         self.acc.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
         self.tokenizer.save_pretrained(tmp)
+        source = self.segments[0].init_from
+        if source is not None:  # files of the pretrained folder surgery does not write (sentence-transformers')
+            carry_files(Path(source), tmp, seg.spec.d_model)
         if self.aux is not None:  # modules trained beside the model (not part of it)
             from safetensors.torch import save_file
 
@@ -292,6 +331,7 @@ class Trainer:
         self.main = self.acc.is_main_process
         with self.ui, _Signals() as self.signals:
             self.prepare_data(self.ui.progress)
+            self.keep_tokenizer()
             spe = self.order.steps_per_epoch
             self.bounds = [seg.steps(spe) for seg in self.segments]
             if any(end <= start for start, end in self.bounds):

@@ -26,8 +26,33 @@ def _sentinel_ids(tokenizer) -> list[int]:
         ids.append(tid)
 
 
+class Objective:
+    """What the loop asks of every pretraining objective (each one entry of surgery.catalog.OBJECTIVES,
+    whose `impl` names its class):
+
+    - `raw_len`: corpus tokens per block; calling it on blocks (and an rng) gives the model's batch;
+    - `model_kind`: the class it trains ("mlm": *ForMaskedLM, "pretraining": *ForPreTraining with
+      the sentence-order head, "lm": the family's LM class as built);
+    - `mask_id`: the mask token distillation reuses (None where the objective masks nothing);
+    - `build_aux(model)`: modules trained beside the model (a generator, a head), or None;
+    - `loss(model, aux, batch)`: (mean loss, tokens it is averaged over); the model's own by default.
+    """
+
+    raw_len: int
+    model_kind: str = "lm"
+    mask_id: int | None = None
+    packing_required: str | None = None
+
+    def build_aux(self, model):
+        return None
+
+    def loss(self, model, aux, batch):
+        out = model(**batch)
+        return out.loss, int((batch["labels"] != IGNORE).sum())
+
+
 @dataclass
-class SpanCorruption:
+class SpanCorruption(Objective):
     """T5's objective: replace random spans (15% of tokens, mean length 3) with sentinels; the
     target lists each sentinel followed by the tokens it hid."""
 
@@ -35,6 +60,7 @@ class SpanCorruption:
     seq_len: int
     rate: float = 0.15
     mean_span: float = 3.0
+    seed: int = 0  # the masks come from the rng the loop hands over, a function of (seed, step)
     family: str = "t5"
 
     def __post_init__(self):
@@ -85,13 +111,14 @@ class SpanCorruption:
 
 
 @dataclass
-class CausalLM:
+class CausalLM(Objective):
     """Causal language modelling (GPT-2, Llama): predict every next token of a packed block. The
     labels are the input ids (the model shifts them) with padding ignored; packed blocks have none,
     but the rule keeps padded batches right."""
 
     tokenizer: object
     seq_len: int
+    seed: int = 0  # nothing random: every next token is a label
     family: str = "gpt2"
 
     def __post_init__(self):
@@ -111,29 +138,17 @@ def _pad(rows: list[list[int]], length: int, value: int) -> torch.Tensor:
     return out
 
 
-def _bert_objectives():
-    from surgery.train.bert_objectives import MaskedLMPlus, ReplacedTokenDetection, SentenceOrder, SpanMasking
-
-    return {"mlm": MaskedLMPlus, "span": SpanMasking, "electra": ReplacedTokenDetection, "sop": SentenceOrder}
-
-
 # Recipe argument names that are not Python identifiers (or read better in the recipe).
 _RENAMES = {"lambda": "lam"}
 
 
-def make_objective(name: str, params: dict, tokenizer, seq_len: int, seed: int = 0):
-    """The objective `name` with the recipe's params. `mlm` is MaskedLMPlus (the same masks as
-    MaskedLM for dynamic masking, plus static masking); every objective takes the run's seed."""
-    if name in ("span_corruption", "clm"):
-        return {"span_corruption": SpanCorruption, "clm": CausalLM}[name](tokenizer=tokenizer, seq_len=seq_len, **params)
-    cls = _bert_objectives()[name]
+def make_objective(name: str, params: dict, tokenizer, seq_len: int, seed: int = 0) -> Objective:
+    """The objective `name` (its registry entry's implementation) with the recipe's params and the
+    run's seed."""
+    import importlib
+
+    from surgery.catalog import OBJECTIVES
+
+    module, _, cls = OBJECTIVES[name].impl.partition(":")
     params = {_RENAMES.get(k, k): v for k, v in params.items()}
-    return cls(tokenizer=tokenizer, seq_len=seq_len, seed=seed, **params)
-
-
-def default_loss(model, aux, batch):
-    """(mean loss, tokens it is averaged over) for objectives whose model computes the loss."""
-    out = model(**batch)
-    return out.loss, int((batch["labels"] != IGNORE).sum())
-
-
+    return getattr(importlib.import_module(module), cls)(tokenizer=tokenizer, seq_len=seq_len, seed=seed, **params)

@@ -330,7 +330,10 @@ class Trainer:
             (self.out / "plan.json").write_text(json.dumps(self.plan_json, indent=1))
         self.main = self.acc.is_main_process
         with self.ui, _Signals() as self.signals:
-            self.prepare_data(self.ui.progress)
+            # The first process trains the tokenizer and tokenizes into the cache; the others
+            # then read the cache instead of doing the same work beside it.
+            with self.acc.main_process_first():
+                self.prepare_data(self.ui.progress)
             self.keep_tokenizer()
             spe = self.order.steps_per_epoch
             self.bounds = [seg.steps(spe) for seg in self.segments]

@@ -168,3 +168,35 @@ def test_threads_follow_omp_num_threads_else_cores_per_local_process():
     assert run() == cores
     assert run(LOCAL_WORLD_SIZE="2") == max(1, cores // 2)
     assert run(LOCAL_WORLD_SIZE=str(cores + 5)) == 1
+
+
+BERT_RECIPE = """
+model T = bert(layers=1, d_model=32, heads=4, d_ff=64, vocab=300)
+model S = bert(layers=2, d_model=32, heads=4, d_ff=64, vocab=300)
+pretrained T = "b0"
+grow T d@6steps S
+train 12steps on "corpus.txt"
+    objective span(sbo=true)
+    optimizer adamw(lr=3e-3, warmup=2steps)
+    batch_size=5 seq_len=32 val_every=3steps
+"""
+
+
+def test_uneven_rows_masked_tokens_and_an_objective_head_train_as_one_process(tmp_path):
+    """batch_size 5 on 2 ranks (3 + 2 rows), a different number of masked tokens per rank, and the
+    span-boundary head beside the model (not DDP-wrapped, reading the DDP model's embeddings): the
+    loss-token weighting and the head's gradient exchange keep the run equal to one process's."""
+    from surgery.families import build_model
+    from surgery.spec import ModelSpec
+
+    (tmp_path / "corpus.txt").write_text("\n".join(documents(300)) + "\n")
+    spec = ModelSpec(family="bert", layers=1, d_model=32, heads=4, d_ff=64, vocab=300)
+    build_model(spec, seed=0, **spec.descriptor.no_dropout).save_pretrained(tmp_path / "b0")
+    recipe = tmp_path / "b.grow"
+    recipe.write_text(BERT_RECIPE)
+    single, double = one(recipe, tmp_path / "one"), two(recipe, tmp_path / "two")
+    assert single.returncode == 0, single.stderr
+    assert double.returncode == 0, double.stderr[-3000:]
+    a, b = val_losses(tmp_path / "one"), val_losses(tmp_path / "two")
+    assert len(a) == len(b) == 6 and [x[:2] for x in a] == [x[:2] for x in b]
+    assert max(abs(x[2] - y[2]) for x, y in zip(a, b)) <= 1e-4

@@ -425,7 +425,7 @@ class SentenceOrder(_Base):
         key = "sentence_order_label" if "sentence_order_label" in inspect.signature(model.forward).parameters \
             else "next_sentence_label"
         out = model(**batch, **{key: order})
-        return out.loss, int((batch["labels"] != IGNORE).sum())
+        return out.loss, (batch["labels"] != IGNORE).sum()
 
 
 def _pretraining_class(model_type: str) -> str | None:

@@ -288,6 +288,7 @@ class Trainer:
             batch = {k: v.to(self.acc.device) for k, v in batch.items()}
             with self.acc.autocast():
                 loss, count = self.loss(model, batch, train=False)
+            count = int(count)
             total += float(loss) * count
             n += count
         model.train()

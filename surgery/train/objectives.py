@@ -35,7 +35,8 @@ class Objective:
       the sentence-order head, "lm": the family's LM class as built);
     - `mask_id`: the mask token distillation reuses (None where the objective masks nothing);
     - `build_aux(model)`: modules trained beside the model (a generator, a head), or None;
-    - `loss(model, aux, batch)`: (mean loss, tokens it is averaged over); the model's own by default.
+    - `loss(model, aux, batch)`: (mean loss, tokens it is averaged over, an int or a 0-dim tensor
+      left on the device); the model's own by default.
     """
 
     raw_len: int
@@ -48,7 +49,8 @@ class Objective:
 
     def loss(self, model, aux, batch):
         out = model(**batch)
-        return out.loss, int((batch["labels"] != IGNORE).sum())
+        # the count stays on the device: training never reads it, validation reads it once
+        return out.loss, (batch["labels"] != IGNORE).sum()
 
 
 @dataclass

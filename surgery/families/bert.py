@@ -12,7 +12,16 @@ Quirks the view records:
 
 from __future__ import annotations
 
-from surgery.families.base import MAX_POSITIONS, Family, Layout, Template, TokenizerInfo, common_args
+from dataclasses import dataclass
+
+from surgery.families.base import (
+    MAX_POSITIONS,
+    Family,
+    Layout,
+    Template,
+    TokenizerInfo,
+    common_args,
+)
 from surgery.view import Kind, Role, axes
 
 M, INNER, FF, V = Kind.MODEL, Kind.INNER, Kind.FF, Kind.VOCAB
@@ -30,23 +39,48 @@ def _linear(local: str, hf: str, out: Kind, inp: Kind) -> list[Template]:
             Template(f"{local}.b", f"{hf}.bias", axes((out, OUT)))]
 
 
-def global_templates(spec, layout: Layout) -> list[Template]:
-    p = layout.prefix
-    tied = ("cls.predictions.decoder.weight",) if layout.has_mlm_head else ()
-    ts = [
-        Template("embed.tok", f"{p}embeddings.word_embeddings.weight", axes((V, KEEP), (M, OUT)), tied),
-        Template("embed.pos", f"{p}embeddings.position_embeddings.weight", axes((Kind.POS, KEEP), (M, OUT))),
-        Template("embed.type", f"{p}embeddings.token_type_embeddings.weight", axes((Kind.TYPE, KEEP), (M, OUT))),
-        *_norm("embed.norm", f"{p}embeddings.LayerNorm"),
-    ]
-    if layout.has_pooler:
-        ts += _linear("pooler", f"{p}pooler.dense", M, M)
-    if layout.has_mlm_head:
-        ts += _linear("head.transform", "cls.predictions.transform.dense", M, M)
-        ts += _norm("head.norm", "cls.predictions.transform.LayerNorm", HN, HNB)
-        ts.append(Template("head.bias", "cls.predictions.bias", axes((V, KEEP)),
-                           ("cls.predictions.decoder.bias",)))
-    return ts
+@dataclass(frozen=True)
+class EncoderNames:
+    """Where a BERT-layout encoder keeps what differs between its families: the body's prefix
+    under the pretraining head, the bare class, and the MLM head's tensor names."""
+
+    prefix: str  # "bert."
+    bare_class: str  # "BertModel"
+    head_transform: str  # dense of the head transform
+    head_norm: str  # its LayerNorm
+    head_bias: str  # the output bias
+    decoder: str  # the tied decoder (weight and bias aliases)
+
+    def global_templates(self, spec, layout: Layout) -> list[Template]:
+        p = layout.prefix
+        tied = (f"{self.decoder}.weight",) if layout.has_mlm_head else ()
+        ts = [
+            Template("embed.tok", f"{p}embeddings.word_embeddings.weight", axes((V, KEEP), (M, OUT)), tied),
+            Template("embed.pos", f"{p}embeddings.position_embeddings.weight", axes((Kind.POS, KEEP), (M, OUT))),
+            Template("embed.type", f"{p}embeddings.token_type_embeddings.weight", axes((Kind.TYPE, KEEP), (M, OUT))),
+            *_norm("embed.norm", f"{p}embeddings.LayerNorm"),
+        ]
+        if layout.has_pooler:
+            ts += _linear("pooler", f"{p}pooler.dense", M, M)
+        if layout.has_mlm_head:
+            ts += _linear("head.transform", self.head_transform, M, M)
+            ts += _norm("head.norm", self.head_norm, HN, HNB)
+            ts.append(Template("head.bias", self.head_bias, axes((V, KEEP)), (f"{self.decoder}.bias",)))
+        return ts
+
+    def layout_of(self, cls: str, names: set[str]) -> Layout:
+        """A real checkpoint's tensors decide; without them (a class to build) the class does."""
+        if names:
+            prefix = self.prefix if any(n.startswith(self.prefix) for n in names) else ""
+            return Layout(cls, prefix=prefix, has_pooler=f"{prefix}pooler.dense.weight" in names,
+                          has_mlm_head=f"{self.head_transform}.weight" in names)
+        bare = cls == self.bare_class
+        return Layout(cls, prefix="" if bare else self.prefix, has_pooler=bare or cls.endswith("ForPreTraining"),
+                      has_mlm_head=not bare)
+
+
+NAMES = EncoderNames("bert.", "BertModel", "cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm",
+                     "cls.predictions.bias", "cls.predictions.decoder")
 
 
 def block_templates(spec, layout: Layout, stack: str) -> list[Template]:
@@ -86,16 +120,6 @@ def spec_fields(config: dict) -> dict:
     )
 
 
-def layout_of(cls: str, names: set[str]) -> Layout:
-    bare = cls == "BertModel"
-    if names:  # a real checkpoint: what it holds decides
-        prefix = "bert." if any(n.startswith("bert.") for n in names) else ""
-        return Layout(cls, prefix=prefix, has_pooler=f"{prefix}pooler.dense.weight" in names,
-                      has_mlm_head="cls.predictions.transform.dense.weight" in names)
-    return Layout(cls, prefix="" if bare else "bert.", has_pooler=bare or cls == "BertForPreTraining",
-                  has_mlm_head=not bare)
-
-
 # Sequence-pair wrapping and the specials every BERT tokenizer has.
 TOKENIZER = TokenizerInfo(
     specials={"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
@@ -128,11 +152,11 @@ BERT = Family(
     eps_key="layer_norm_eps",
     stacks=("enc",),
     dim_keys=("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers"),
-    global_templates=global_templates,
+    global_templates=NAMES.global_templates,
     block_templates=block_templates,
     extra_dims=lambda config: {Kind.POS: config.get("max_position_embeddings", 512),
                                Kind.TYPE: config.get("type_vocab_size", 2)},
-    layout_of=layout_of,
+    layout_of=NAMES.layout_of,
     head_note=lambda spec: "decoder tied",
     passthrough=(r"^(bert\.)?embeddings\.position_ids$",),
     odd_split_acts=ODD_SPLIT_ACTS,

@@ -13,7 +13,14 @@ Quirks the view records:
 
 from __future__ import annotations
 
-from surgery.families.base import MAX_POSITIONS, Family, Layout, Template, TokenizerInfo, common_args
+from surgery.families.base import (
+    MAX_POSITIONS,
+    Family,
+    Layout,
+    Template,
+    TokenizerInfo,
+    common_args,
+)
 from surgery.view import Kind, Role, axes
 
 M, INNER, INNER3, FF, V, POS = Kind.MODEL, Kind.INNER, Kind.INNER3, Kind.FF, Kind.VOCAB, Kind.POS

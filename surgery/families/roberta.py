@@ -15,33 +15,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from surgery.families.base import Layout, Template, TokenizerInfo
-from surgery.families.bert import BERT, _linear, _norm
+from surgery.families.base import TokenizerInfo
+from surgery.families.bert import BERT, EncoderNames
 from surgery.families.bert import hf_config as bert_config
 from surgery.families.bert import spec_fields as bert_fields
-from surgery.view import Kind, Role, axes
+from surgery.view import Kind
 
-M, V = Kind.MODEL, Kind.VOCAB
-KEEP, OUT = Role.KEEP, Role.OUT
 PAD_ID = 1  # RoBERTa's padding index; positions start after it
 
 
-def global_templates(spec, layout: Layout) -> list[Template]:
-    p = layout.prefix
-    tied = ("lm_head.decoder.weight",) if layout.has_mlm_head else ()
-    ts = [
-        Template("embed.tok", f"{p}embeddings.word_embeddings.weight", axes((V, KEEP), (M, OUT)), tied),
-        Template("embed.pos", f"{p}embeddings.position_embeddings.weight", axes((Kind.POS, KEEP), (M, OUT))),
-        Template("embed.type", f"{p}embeddings.token_type_embeddings.weight", axes((Kind.TYPE, KEEP), (M, OUT))),
-        *_norm("embed.norm", f"{p}embeddings.LayerNorm"),
-    ]
-    if layout.has_pooler:
-        ts += _linear("pooler", f"{p}pooler.dense", M, M)
-    if layout.has_mlm_head:
-        ts += _linear("head.transform", "lm_head.dense", M, M)
-        ts += _norm("head.norm", "lm_head.layer_norm", Role.HEAD_NORM, Role.HEAD_NORM_BIAS)
-        ts.append(Template("head.bias", "lm_head.bias", axes((V, KEEP)), ("lm_head.decoder.bias",)))
-    return ts
+NAMES = EncoderNames("roberta.", "RobertaModel", "lm_head.dense", "lm_head.layer_norm", "lm_head.bias",
+                     "lm_head.decoder")
 
 
 def hf_config(spec) -> dict:
@@ -53,15 +37,6 @@ def spec_fields(config: dict) -> dict:
     # the table holds max_positions + padding index + 1 rows
     return {**bert_fields(config), "max_positions": config.get("max_position_embeddings", 514)
             - config.get("pad_token_id", PAD_ID) - 1}
-
-
-def layout_of(cls: str, names: set[str]) -> Layout:
-    if names:
-        prefix = "roberta." if any(n.startswith("roberta.") for n in names) else ""
-        return Layout(cls, prefix=prefix, has_pooler=f"{prefix}pooler.dense.weight" in names,
-                      has_mlm_head="lm_head.dense.weight" in names)
-    bare = cls == "RobertaModel"
-    return Layout(cls, prefix="" if bare else "roberta.", has_pooler=bare, has_mlm_head=not bare)
 
 
 # BERT's descriptor with RoBERTa's names, positions, token types and tokenizer
@@ -82,9 +57,9 @@ ROBERTA = replace(
         token_type_ids=False,
     ),
     tiny=dict(layers=2, d_model=16, heads=4, d_ff=64, max_positions=32),
-    global_templates=global_templates,
+    global_templates=NAMES.global_templates,
     extra_dims=lambda config: {Kind.POS: config.get("max_position_embeddings", 514),
                                Kind.TYPE: config.get("type_vocab_size", 1)},
-    layout_of=layout_of,
+    layout_of=NAMES.layout_of,
     passthrough=(r"^(roberta\.)?embeddings\.(position_ids|token_type_ids)$",),
 )

@@ -145,13 +145,10 @@ class Family:
         """The class of a checkpoint whose config.json names none: the pretraining class when its
         tensors carry that class's prefix (or the family has no bare class), else the bare model."""
         bare = next((c for c, head in self.classes.items() if head == ""), None)
-        prefix = self.layout_for_plan_prefix()
-        if bare is None or (prefix and any(n.startswith(prefix) for n in names)):
+        prefix = self.layout_of(self.model_class, set()).prefix
+        if bare is None or not prefix or any(n.startswith(prefix) for n in names):
             return self.model_class
-        return bare if prefix else self.model_class
-
-    def layout_for_plan_prefix(self) -> str:
-        return self.layout_of(self.model_class, set()).prefix
+        return bare
 
     @property
     def has_view(self) -> bool:

@@ -5,6 +5,7 @@ spec of a model or a checkpoint. Everything family-specific comes from the descr
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -82,7 +83,7 @@ def layout_of_model(model) -> tuple[Family, Layout]:
     family = _family_of_model(model)
     layout = family.layout_of(type(model).__name__, set(model.state_dict()))
     if family.untied_head_in is not None and _is_untied(model):
-        layout = Layout(**{**layout.__dict__, "untied_head": True})
+        layout = replace(layout, untied_head=True)
     return family, layout
 
 
@@ -119,7 +120,7 @@ def layout_of_checkpoint(config: dict, names: set[str], get: Callable[[str], tor
         untied = family.untied_head_in(names, get)
         if spec.head == "untied" and not untied:
             raise SurgeryError("config.json says tie_word_embeddings=false but the checkpoint has no lm_head.weight")
-        layout = Layout(**{**layout.__dict__, "untied_head": untied})
+        layout = replace(layout, untied_head=untied)
         if untied:
             spec = spec.model_copy(update={"head": "untied"})
     return family, layout, spec

@@ -127,6 +127,7 @@ class TrainSettings(BaseModel):
     seq_len: int = Field(128, gt=0)
     grad_accum: int = Field(1, gt=0)
     val_every: int = Field(1000, gt=0)  # steps
+    val_batches: int = Field(8, gt=0)  # batches per validation (fixed ones: the same every time)
     ckpt_every: int | None = Field(None, gt=0)  # steps; None: at every validation
     report_to: Literal["none", "tensorboard", "wandb", "mlflow"] = "none"  # surgery run's tracker
     val_fraction: float = Field(0.005, gt=0, lt=1)  # held out when the corpus has no split

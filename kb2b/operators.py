@@ -49,7 +49,7 @@ class Pair:
     base: str
     objective: str
     ops: dict[str, str]  # label -> op as written after `init-` (scratch has no op)
-    headline: str  # the op given more seeds
+    headline: str | None  # the op given `headline_seeds` seeds, with scratch
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class Scale:
     val_every: int
     val_batches: int
     seeds: int  # per op
-    headline_seeds: int  # scratch and the headline op of each pair
+    headline_seeds: int  # scratch and the headline op of a pair that has one
     sweep: tuple[float, ...]  # growth points (share of the budget) of the sweep
     sweep_seeds: int
     lanes: int
@@ -92,7 +92,7 @@ def _mini() -> Scale:
                        "span_corruption(rate=0.15, mean_span=3)", _ops(("f", "a", "l"), ramp, ligo), "a"),
             "bert": Pair("bert", "layers=2, d_model=64, heads=4, d_ff=256, vocab=8000",
                          "layers=4, d_model=96, heads=6, d_ff=384, vocab=8000",
-                         "mlm(rate=0.15)", _ops(("da", "df", "dl"), ramp, ligo), "da"),
+                         "mlm(rate=0.15)", _ops(("da", "df", "dl"), ramp, ligo), None),
         },
         steps=600, docs=200, batch=8, seq=64, val_every=30, val_batches=8,
         seeds=3, headline_seeds=5, sweep=(0.1, 0.25, 0.5), sweep_seeds=2, lanes=2, threads=1,
@@ -110,7 +110,7 @@ def _paper() -> Scale:
                        "span_corruption(rate=0.15, mean_span=3)", _ops(("f", "a", "l"), ramp, ligo), "a"),
             "bert": Pair("bert", "layers=6, d_model=512, heads=8, d_ff=2048, vocab=32000",
                          "layers=12, d_model=768, heads=12, d_ff=3072, vocab=32000",
-                         "mlm(rate=0.15)", _ops(("da", "df", "dl"), ramp, ligo), "da"),
+                         "mlm(rate=0.15)", _ops(("da", "df", "dl"), ramp, ligo), None),
         },
         steps=100_000, docs=None, batch=128, seq=512, val_every=2000, val_batches=64,
         seeds=3, headline_seeds=5, sweep=(0.1, 0.25, 0.5), sweep_seeds=1, lanes=1, threads=None,
@@ -162,19 +162,25 @@ def recipe_for(sc: Scale, pair_name: str, label: str, sweep_at: float | None = N
 
 
 def jobs(sc: Scale, runs: Path, sweep_op: str | None = None, only: set[str] | None = None) -> list[Job]:
-    """Every run of the benchmark, in the order they should start: the small models, then seed by
-    seed (scratch first, so the grown runs of a seed train beside their reference), then the sweep."""
+    """Every run of the benchmark, in the order they should start: the small models; the headline
+    pairs seed by seed (scratch and the headline op side by side, so their wall times compare);
+    the other ops seed by seed (each seed's scratch first); the sweep."""
     out: list[Job] = []
     pairs = [p for p in sc.pairs if only is None or p in only]
+
+    def job(p: str, label: str, seed: int) -> Job:
+        needs = () if label == "scratch" else (small_name(p),)
+        return Job(f"{p}-{label}-s{seed}", p, label, seed, recipe_for(sc, p, label), needs)
+
     for p in pairs:
         out.append(Job(small_name(p), p, "S", 0, recipe_for(sc, p, "S")))
-    for seed in range(max(sc.seeds, sc.headline_seeds)):
+    headline = [(p, sc.pairs[p].headline) for p in pairs if sc.pairs[p].headline]
+    for seed in range(sc.headline_seeds):
+        out += [job(p, label, seed) for p, h in headline for label in ("scratch", h)]
+    for seed in range(sc.seeds):
         for p in pairs:
-            for label in sc.ops(p):
-                n = sc.headline_seeds if label in ("scratch", sc.pairs[p].headline) else sc.seeds
-                if seed < n:
-                    needs = () if label == "scratch" else (small_name(p),)
-                    out.append(Job(f"{p}-{label}-s{seed}", p, label, seed, recipe_for(sc, p, label), needs))
+            done = ("scratch", sc.pairs[p].headline) if sc.pairs[p].headline else ()
+            out += [job(p, label, seed) for label in sc.ops(p) if label not in done]
     if sweep_op:
         p, label = sweep_op.split(":") if ":" in sweep_op else ("t5", sweep_op)
         for seed in range(sc.sweep_seeds):

@@ -47,7 +47,10 @@ def test_seeds_per_op_and_sources(tmp_path, mini):
     for j in todo:
         count[(j.pair, j.op)] = count.get((j.pair, j.op), 0) + 1
     assert count[("t5", "scratch")] == count[("t5", "a")] == mini.headline_seeds >= 5
-    assert count[("bert", "scratch")] == count[("bert", "da")] == mini.headline_seeds
+    assert count[("bert", "scratch")] == count[("bert", "da")] == mini.seeds
+    names = [j.name for j in todo]
+    # the headline pairs come first, seed by seed, scratch beside the op
+    assert names[2:2 + 2 * mini.headline_seeds] == [f"t5-{op}-s{k}" for k in range(mini.headline_seeds) for op in ("scratch", "a")]
     assert all(count[(p, op)] >= 3 for (p, op) in count if op not in ("S",) and not op.startswith("sweep"))
     for j in todo:
         if j.op not in ("S", "scratch") and not j.op.startswith("sweep"):
@@ -79,7 +82,7 @@ def test_lanes_start_runs_after_their_sources_and_skip_those_of_a_failed_one(tmp
         if j.name in started:
             for need in j.needs:
                 assert started.index(need) < started.index(j.name)
-    assert "t5-a-s4" in started and "bert-scratch-s4" in started
+    assert "t5-a-s4" in started and "bert-scratch-s2" in started
 
 
 def test_reach_interpolates_between_validations():

@@ -68,54 +68,38 @@ class Scale:
     sweep_seeds: int
     lanes: int
     threads: int | None
-    msg_ramp: int
-    ligo_steps: int
 
     def ops(self, pair: str) -> dict[str, str]:
         return {"scratch": "", **self.pairs[pair].ops}
 
 
-def _ops(width: tuple[str, ...], ramp: int, ligo: int) -> dict[str, str]:
-    ops = {w: w for w in width}
-    ops["msg"] = f"msg(ramp={ramp})"
-    ops["ligo"] = f"ligo(steps={ligo})"
-    return ops
+def _pairs(t5: tuple[str, str], bert: tuple[str, str], vocab: int, ramp: int, ligo: int) -> dict[str, Pair]:
+    """The two pairs at given sizes (small, base model arguments without the vocabulary)."""
+
+    def ops(width: tuple[str, ...]) -> dict[str, str]:
+        return {**{w: w for w in width}, "msg": f"msg(ramp={ramp})", "ligo": f"ligo(steps={ligo})"}
+
+    v = f", vocab={vocab}"
+    return {"t5": Pair("t5", t5[0] + v, t5[1] + v, "span_corruption(rate=0.15, mean_span=3)", ops(("f", "a", "l")), "a"),
+            "bert": Pair("bert", bert[0] + v, bert[1] + v, "mlm(rate=0.15)", ops(("da", "df", "dl")), None)}
 
 
 def _mini() -> Scale:
     ramp, ligo = 60, 30
-    return Scale(
-        "mini",
-        pairs={
-            "t5": Pair("t5", "layers=3+3, d_model=64, heads=4, d_ff=128, vocab=8000",
-                       "layers=3+3, d_model=96, heads=6, d_ff=384, vocab=8000",
-                       "span_corruption(rate=0.15, mean_span=3)", _ops(("f", "a", "l"), ramp, ligo), "a"),
-            "bert": Pair("bert", "layers=2, d_model=64, heads=4, d_ff=256, vocab=8000",
-                         "layers=4, d_model=96, heads=6, d_ff=384, vocab=8000",
-                         "mlm(rate=0.15)", _ops(("da", "df", "dl"), ramp, ligo), None),
-        },
-        steps=600, docs=200, batch=8, seq=64, val_every=30, val_batches=8,
-        seeds=3, headline_seeds=5, sweep=(0.1, 0.25, 0.5), sweep_seeds=2, lanes=2, threads=1,
-        msg_ramp=ramp, ligo_steps=ligo,
-    )
+    pairs = _pairs(("layers=3+3, d_model=64, heads=4, d_ff=128", "layers=3+3, d_model=96, heads=6, d_ff=384"),
+                   ("layers=2, d_model=64, heads=4, d_ff=256", "layers=4, d_model=96, heads=6, d_ff=384"), 8000, ramp, ligo)
+    return Scale("mini", pairs, steps=600, docs=200, batch=8, seq=64, val_every=30, val_batches=8,
+                 seeds=3, headline_seeds=5, sweep=(0.1, 0.25, 0.5), sweep_seeds=2, lanes=2, threads=1)
 
 
 def _paper() -> Scale:
+    """Ko-bert2BERT's Small/Base T5 (Table 1) and LiGO's BERT-Small/Base, on a GPU."""
     ramp, ligo = 2000, 100
-    return Scale(
-        "paper",
-        pairs={
-            "t5": Pair("t5", "layers=12+12, d_model=512, heads=8, d_ff=1024, vocab=32000",
-                       "layers=12+12, d_model=768, heads=12, d_ff=3072, vocab=32000",
-                       "span_corruption(rate=0.15, mean_span=3)", _ops(("f", "a", "l"), ramp, ligo), "a"),
-            "bert": Pair("bert", "layers=6, d_model=512, heads=8, d_ff=2048, vocab=32000",
-                         "layers=12, d_model=768, heads=12, d_ff=3072, vocab=32000",
-                         "mlm(rate=0.15)", _ops(("da", "df", "dl"), ramp, ligo), None),
-        },
-        steps=100_000, docs=None, batch=128, seq=512, val_every=2000, val_batches=64,
-        seeds=3, headline_seeds=5, sweep=(0.1, 0.25, 0.5), sweep_seeds=1, lanes=1, threads=None,
-        msg_ramp=ramp, ligo_steps=ligo,
-    )
+    pairs = _pairs(("layers=12+12, d_model=512, heads=8, d_ff=1024", "layers=12+12, d_model=768, heads=12, d_ff=3072"),
+                   ("layers=6, d_model=512, heads=8, d_ff=2048", "layers=12, d_model=768, heads=12, d_ff=3072"),
+                   32000, ramp, ligo)
+    return Scale("paper", pairs, steps=100_000, docs=None, batch=128, seq=512, val_every=2000, val_batches=64,
+                 seeds=3, headline_seeds=5, sweep=(0.1, 0.25, 0.5), sweep_seeds=1, lanes=1, threads=None)
 
 
 SCALES = {"mini": _mini, "paper": _paper}

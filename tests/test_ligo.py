@@ -278,3 +278,39 @@ def test_plan_accepts_ligo_for_width_only_and_depth_only(tmp_path):
         path = tmp_path / "r.grow"
         path.write_text(RECIPE.replace("layers=2, d_model=32, heads=8, kv_heads=4, d_ff=64", b).format(n=2))
         assert plan_file(path).grows[0].op == "ligo"
+
+
+INIT_RECIPE = """
+model T = t5(layers=1+1, d_model=32, heads=4, d_ff=64, vocab=300)
+model S = t5(layers=2+2, d_model=64, heads=8, d_ff=128, vocab=300)
+pretrained T = "pretrained-T"
+grow T init-ligo(steps=2) S
+train 6steps on "corpus.txt"
+    objective span_corruption(rate=0.15, mean_span=3)
+    optimizer adamw(lr=3e-3, warmup=2steps)
+    batch_size=4 seq_len=48 val_every=3steps
+"""
+
+
+def test_init_ligo_fits_on_the_first_steps_of_the_budget(tmp_path):
+    """init-ligo on a pretrained t5 checkpoint (depth and width): the fit is steps 0..1, the grown
+    model trains steps 2..5, and the run's counters say 6 steps."""
+    from surgery.families import build_model
+    from surgery.plan import plan_file
+    from surgery.train.loop import Trainer
+    from surgery.train.schedule import compile_plan
+
+    (tmp_path / "corpus.txt").write_text("\n".join(documents(200)) + "\n")
+    recipe = tmp_path / "init.grow"
+    recipe.write_text(INIT_RECIPE)
+    plan = plan_file(recipe)
+    build_model(plan.models["T"], seed=5).save_pretrained(tmp_path / "pretrained-T")
+    segments, settings = compile_plan(plan)
+    run = tmp_path / "run"
+    summary = Trainer(segments, settings, run, run_name="t", quiet=True, corpus_base=tmp_path).run()
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    fit = [r for r in rows if r.get("event") == "ligo"]
+    assert len(fit) == 1 and (fit[0]["from_step"], fit[0]["step"], fit[0]["fit_steps"]) == (0, 2, 2)
+    trained = [r["step"] for r in rows if r.get("train_loss") is not None]
+    assert min(trained) > 2 and max(trained) == 6
+    assert summary["steps"] == 6 and summary["tokens"] == 6 * plan.train.tokens_per_step

@@ -58,7 +58,7 @@ def fit_in_run(trainer, model, src_spec, dst_spec, growth, seed: int):
             return trainer.objective.loss(m, trainer.aux, batch)[0]
 
     t0 = time.perf_counter()
-    devices = [dev] if dev.type == "cuda" else []
+    devices = [dev.index or 0] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         # Dropout during the fit: a function of (seed, growth step), whatever ran before.
         torch.manual_seed(int(np.random.default_rng([s.seed, 104729, start]).integers(2**62)))

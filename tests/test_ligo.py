@@ -314,3 +314,29 @@ def test_init_ligo_fits_on_the_first_steps_of_the_budget(tmp_path):
     trained = [r["step"] for r in rows if r.get("train_loss") is not None]
     assert min(trained) > 2 and max(trained) == 6
     assert summary["steps"] == 6 and summary["tokens"] == 6 * plan.train.tokens_per_step
+
+
+def test_objectives_that_read_weights_beside_the_forward_call_are_refused(tmp_path):
+    from surgery.plan import plan_file
+    from surgery.recipe import RecipeError
+
+    (tmp_path / "corpus.txt").write_text("\n".join(documents(50)) + "\n")
+    path = tmp_path / "e.grow"
+    path.write_text("""
+model S = bert(layers=1, d_model=32, heads=4, d_ff=64, vocab=300)
+model B = bert(layers=2, d_model=32, heads=4, d_ff=64, vocab=300)
+grow S ligo(steps=2)@8steps B
+train 16steps on "corpus.txt"
+    objective electra
+    batch_size=4 seq_len=32 val_every=4steps
+""")
+    with pytest.raises(RecipeError, match="electra with ligo"):
+        plan_file(path)
+
+
+def test_surgery_grow_points_ligo_to_recipes():
+    from surgery.errors import SurgeryError
+    from surgery.ops import parse_op
+
+    with pytest.raises(SurgeryError, match="inside a run"):
+        parse_op("ligo")

@@ -288,7 +288,9 @@ def grow_ligo(model, src: ModelSpec, dst: ModelSpec, *, loss_fn: Callable, batch
     plan = plan_ligo(model, src, dst, seed=seed, select=select, layers=layers)
     op = LigoOperator(plan).to(device)
     small = small_tensors(model, plan, device)
-    big = new_model(model, plan, device)
+    # The module's own parameters start as the operator's initial output (stacking + FPI): the fit
+    # replaces them in every forward call, but nothing ever reads uninitialised memory.
+    big = op.materialise(new_model(model, plan, device), small)
     big.train(model.training)
     t0 = time.perf_counter()
     it = iter(batches)

@@ -315,6 +315,10 @@ class ChainPart:
         obj = settings.objective
         key = "span(sbo=true)" if obj.name == "span" and obj.params.get("sbo") else obj.name
         why = catalog.OBJECTIVES_WITHOUT_GROWTH.get(key)
+        for g in stages:
+            if why and isinstance(g, GrowStage) and g.op in catalog.FITTED_OPS:
+                raise self.err(f"objective {key} with {g.op} is not supported: {g.op} fits its operator through the "
+                               f"model's forward call, and {why} read the model's weights besides it", self.objective_pos)
         grows = [s for s in stages if isinstance(s, GrowStage) and not s.init]
         for g in grows if why else ():
             a, b = self.models[g.from_model], self.models[g.to_model]

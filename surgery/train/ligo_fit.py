@@ -26,6 +26,13 @@ def fit_in_run(trainer, model, src_spec, dst_spec, growth, seed: int):
     """Grow `model` by ligo for `trainer` (surgery.train.loop.Trainer); returns the grown model."""
     from surgery.ops.ligo import grow_ligo
 
+    from surgery.catalog import OBJECTIVES_WITHOUT_GROWTH
+
+    obj = trainer.s.objective
+    key = "span(sbo=true)" if obj == "span" and trainer.s.objective_params.get("sbo") else obj
+    if key in OBJECTIVES_WITHOUT_GROWTH:  # the plan refuses it too
+        raise SurgeryError(f"ligo with objective {key}: {OBJECTIVES_WITHOUT_GROWTH[key]} reads the model's weights "
+                           "besides its forward call, which the fit cannot follow")
     opts = dict(growth.options)
     n = int(opts.pop("steps", 100))
     lr = float(opts.pop("lr", 1e-3))

@@ -66,6 +66,21 @@ def test_initialised_operator_is_the_plain_op(family, op):
     assert rel_change(logits(grown, ids), logits(plain, ids)) <= 1e-6
 
 
+@pytest.mark.parametrize("family,extra,dims", [
+    ("t5", {"head": "untied"}, dict(d_model=24, heads=6, d_ff=48, layers=3, decoder_layers=3)),
+    ("llama", {"head": "untied"}, dict(d_model=24, heads=6, kv_heads=3, d_ff=48, layers=3)),
+    ("llama", {}, dict(d_model=32, heads=8, d_ff=64)),  # kv heads kept, the group size doubles
+])
+def test_initialised_operator_is_df_for_untied_heads_odd_ratios_and_groups(family, extra, dims):
+    src, dst = spec(family, **extra), spec(family, **extra, **dims)
+    m = model(src)
+    op = "df" if src.stacks != dst.stacks else "f"
+    plain = grow_model(m, src, dst, op, seed=5).model.state_dict()
+    grown = _no_fit(m, src, dst).model.state_dict()
+    assert plain.keys() == grown.keys()
+    assert all((plain[k] - grown[k]).abs().max().item() <= 1e-6 for k in plain)
+
+
 def test_layer_selection_is_the_starting_point():
     src, dst = spec("llama"), spec("llama", layers=5)
     m = model(src)

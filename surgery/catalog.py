@@ -61,7 +61,7 @@ OPS: dict[str, OpInfo] = {
     "ligo": OpInfo(
         True,
         "ligo",
-        "LiGO: learned linear growth of depth and/or width, started as stacking + FPI, fitted for steps= steps on the run's own batches and loss (docs/surgery.md)",
+        "LiGO, learned linear growth of depth and/or width: starts as stacking + FPI, fitted for steps= steps on the run's own batches and loss (docs/surgery.md)",
         {
             "steps": ArgInfo("int", 100, help="steps fitting the growth operator (taken from the budget at the growth: the grown model trains that many steps fewer)", low=1),
             "lr": ArgInfo("float", 1e-3, help="Adam learning rate of the growth operator's parameters", low=0, open_low=True),

@@ -270,20 +270,24 @@ class ChainPart:
         """An op that fits on the run's batches at the growth (ligo(steps=N)) takes its N steps from
         the stage that follows: N must leave that stage at least one step of its own."""
         grows = [s for s in stages if isinstance(s, GrowStage)]
+        taken: dict[int, int] = {}  # index of a train stage -> fit steps already taken from it
         for op_step, stage in zip(chain.steps, grows):
             key = catalog.FITTED_OPS.get(stage.op)
             if key is None:
                 continue
             i = stages.index(stage)
-            train = next(s for s in stages[i + 1:] if isinstance(s, TrainStage))
+            t = next(j for j in range(i + 1, len(stages)) if isinstance(stages[j], TrainStage))
+            train = stages[t]
+            taken[t] = taken.get(t, 0) + stage.args[key]  # consecutive init- fits add up
             start, end = train.start.steps(steps_per_epoch), (train.end or budget).steps(steps_per_epoch)
             if start is None or end is None:
                 continue  # epochs without steps_per_epoch: the run checks it
             n = stage.args[key]
-            if n >= end - start:
+            if taken[t] >= end - start:
                 pos = next((a.pos for a in op_step.op.args if a.key == key), op_step.op.pos)
+                before = f" after {taken[t] - n} fit steps before it" if taken[t] > n else ""
                 raise self.err(f"{stage.op}({key}={n}) fits for {n} steps taken from {train.model}'s stage, "
-                               f"which has {end - start:g}; use fewer steps or grow earlier", pos)
+                               f"which has {end - start:g}{before}; use fewer steps or grow earlier", pos)
 
     def _train_stage(self, model: str, start: Point | None, end: Point | None, after_growth: bool, budget: Point) -> TrainStage:
         init_from = None if after_growth else self.checkpoints.get(model)

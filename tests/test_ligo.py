@@ -19,7 +19,14 @@ import torch
 
 from surgery.families import FAMILIES
 from surgery.ops import grow_model
-from surgery.ops.ligo import Functional, LigoOperator, grow_ligo, new_model, plan_ligo, small_tensors
+from surgery.ops.ligo import (
+    Functional,
+    LigoOperator,
+    grow_ligo,
+    new_model,
+    plan_ligo,
+    small_tensors,
+)
 from tests.fixtures_text import documents
 from tests.tiny import batch, logits, loss, model, rel_change, spec
 
@@ -28,7 +35,7 @@ GROWABLE = [n for n, f in FAMILIES.items() if f.has_view]
 
 def _wider(family: str) -> dict:
     s = spec(family)
-    dims = dict(d_model=2 * s.d_model, heads=2 * s.heads, d_ff=2 * s.d_ff)
+    dims = {"d_model": 2 * s.d_model, "heads": 2 * s.heads, "d_ff": 2 * s.d_ff}
     if s.kv_heads is not None:
         dims["kv_heads"] = 2 * s.kv_heads
     if s.d_kv is not None:
@@ -67,9 +74,9 @@ def test_initialised_operator_is_the_plain_op(family, op):
 
 
 @pytest.mark.parametrize("family,extra,dims", [
-    ("t5", {"head": "untied"}, dict(d_model=24, heads=6, d_ff=48, layers=3, decoder_layers=3)),
-    ("llama", {"head": "untied"}, dict(d_model=24, heads=6, kv_heads=3, d_ff=48, layers=3)),
-    ("llama", {}, dict(d_model=32, heads=8, d_ff=64)),  # kv heads kept, the group size doubles
+    ("t5", {"head": "untied"}, {"d_model": 24, "heads": 6, "d_ff": 48, "layers": 3, "decoder_layers": 3}),
+    ("llama", {"head": "untied"}, {"d_model": 24, "heads": 6, "kv_heads": 3, "d_ff": 48, "layers": 3}),
+    ("llama", {}, {"d_model": 32, "heads": 8, "d_ff": 64}),  # kv heads kept, the group size doubles
 ])
 def test_initialised_operator_is_df_for_untied_heads_odd_ratios_and_groups(family, extra, dims):
     src, dst = spec(family, **extra), spec(family, **extra, **dims)
@@ -107,7 +114,7 @@ def test_materialised_model_is_the_operator_applied_recomputed_independently():
     """Llama with grouped-query attention, depth and every width grown, operator parameters moved
     away from their init: each grown tensor recomputed here from the operator's matrices by its
     formula (B_out W B_in^T per axis, heads as kron(B_heads, I), depth a sum over old layers)."""
-    m, src, dst, plan, op = _perturbed("llama")
+    m, src, _dst, plan, op = _perturbed("llama")
     small = small_tensors(m, plan)
     big = op.materialise(new_model(m, plan), small)
     state = big.state_dict()
@@ -152,7 +159,7 @@ def test_materialised_model_is_the_operator_applied_recomputed_independently():
 
 @pytest.mark.parametrize("family", ["t5", "bert", "gpt2"])
 def test_materialised_model_computes_what_the_operator_computes(family):
-    m, src, dst, plan, op = _perturbed(family)
+    m, _src, _dst, plan, op = _perturbed(family)
     small = small_tensors(m, plan)
     big = op.materialise(new_model(m, plan), small).eval()
     ids = batch()
@@ -227,7 +234,7 @@ def test_run_counts_the_fit_as_steps_and_resumes_consistently(tmp_path):
     a, b = load_file(full / "final" / "model.safetensors"), load_file(cut / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     resumed = [json.loads(l) for l in (cut / "metrics.jsonl").read_text().splitlines()]
-    assert [r for r in resumed if r.get("event") == "ligo"][0]["step"] == 11
+    assert next(r for r in resumed if r.get("event") == "ligo")["step"] == 11
 
 
 def test_surgery_run_cli_with_ligo(tmp_path):

@@ -32,8 +32,8 @@ Materialising (`LigoOperator.materialise`) loads M(W_small) into a plain model o
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import torch
 
@@ -117,7 +117,7 @@ class LigoOperator(torch.nn.Module):
     # -- the operator -------------------------------------------------------------------------
     def _base(self, side: str, name: str) -> torch.Tensor | None:
         d = self.width_out if side == "out" else self.width_in
-        return d[name] if name in d else None
+        return d[name] if name in d else None  # noqa: SIM401 (a ParameterDict has no .get)
 
     def matrix(self, kind: Kind, role: Role) -> torch.Tensor | None:
         """The [new, old] matrix an axis of `kind` and `role` is multiplied by (None: unchanged)."""

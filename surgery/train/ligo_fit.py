@@ -24,9 +24,8 @@ from surgery.train.data import step_rng
 
 def fit_in_run(trainer, model, src_spec, dst_spec, growth, seed: int):
     """Grow `model` by ligo for `trainer` (surgery.train.loop.Trainer); returns the grown model."""
-    from surgery.ops.ligo import grow_ligo
-
     from surgery.catalog import OBJECTIVES_WITHOUT_GROWTH
+    from surgery.ops.ligo import grow_ligo
 
     obj = trainer.s.objective
     key = "span(sbo=true)" if obj == "span" and trainer.s.objective_params.get("sbo") else obj

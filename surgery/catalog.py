@@ -23,6 +23,8 @@ class OpInfo:
     # compression ops: the families the model before and after the op may be (None: any)
     sources: tuple[str, ...] | None = None
     targets: tuple[str, ...] | None = None
+    # True: the op grows whatever the two models differ in (depth, width or both), like ligo
+    flexible: bool = False
 
 
 _SEED = ArgInfo("int", None, help="seed of random choices (default: the training seed)")
@@ -56,7 +58,24 @@ OPS: dict[str, OpInfo] = {
         "depth and width, both exactly lossless (depth defaults to init=identity)",
         {**_DEPTH_ARGS, "init": ArgInfo("choice", "identity", ("copy", "identity"), _DEPTH_ARGS["init"].help), "seed": _SEED},
     ),
+    "ligo": OpInfo(
+        True,
+        "ligo",
+        "LiGO, learned linear growth of depth and/or width: starts as stacking + FPI, fitted for steps= steps on the run's own batches and loss (docs/surgery.md)",
+        {
+            "steps": ArgInfo("int", 100, help="steps fitting the growth operator (taken from the budget at the growth: the grown model trains that many steps fewer)", low=1),
+            "lr": ArgInfo("float", 1e-3, help="Adam learning rate of the growth operator's parameters", low=0, open_low=True),
+            "select": ArgInfo("choice", "stack", ("stack", "top", "interleave"),
+                              "the layer choice the depth coefficients start from (as d's select=)"),
+            "seed": _SEED,
+        },
+        impl="surgery.ops.ligo:grow_ligo",
+        flexible=True,
+    ),
 }
+
+# Ops that fit parameters on the run's batches at the growth: name -> the argument giving its steps.
+FITTED_OPS = {"ligo": "steps"}
 
 # Compression ops: the chain's right model is smaller (or the same size, differently built).
 COMPRESS_OPS: dict[str, OpInfo] = {

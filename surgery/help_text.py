@@ -64,7 +64,7 @@ def objectives_text() -> list[str]:
 def ops_text() -> list[str]:
     lines = ["Growth ops (d(identity) = d(init=identity); args in parentheses):"]
     for name, op in catalog.OPS.items():
-        lines += _wrap(f"  {name:<3}", op.help.split(" (")[0])
+        lines += _wrap(f"  {name:<3}" + (" " if len(name) >= 3 else ""), op.help.split(" (")[0])
     lines.append("Compression ops:")
     for name, op in catalog.COMPRESS_OPS.items():
         args = ", ".join(_arg(a, i) for a, i in op.args.items() if i.kind == "choice")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from surgery.checkpoints import has_tokenizer, read_config
 from surgery.plan import Plan, TrainStage, plan_and_missing
-from surgery.plan.cost import FLOPS_ASSUMPTION, baseline_flops, stage_cost
+from surgery.plan.cost import FLOPS_ASSUMPTION, baseline_flops, fit_cost, stage_cost
 from surgery.plan.export import plan_json
 from surgery.recipe import load_recipe
 from surgery.shapes import (
@@ -71,12 +71,14 @@ def render(plan: Plan, console) -> None:
             label = "train" + (" (from checkpoint)" if stage.init_from else "")
             stages.add_row(
                 str(i), label, stage.model, _fmt_point_range(plan, stage),
-                cost.length.text() if cost.length else "?", human(cost.tokens) if cost.tokens is not None else "?", flops,
+                (cost.length.text() if cost.length else "?") + (f" ({cost.fit_steps} fit)" if cost.fit_steps else ""), human(cost.tokens) if cost.tokens is not None else "?", flops,
             )
         else:
             args = ", ".join(f"{k}={_short(v)}" for k, v in stage.args.items())
             op = ("init-" if stage.init else "") + stage.op + (f"({args})" if args else "")
-            stages.add_row(str(i), f"grow {op}", f"{stage.from_model} -> {stage.to_model}", f"@{stage.at.text()}", "", "", "")
+            fit = fit_cost(plan, stage)
+            length, tokens, flops = ("", "", "") if fit is None else (f"{fit[0]}steps fit", human(fit[1]), human(fit[2]))
+            stages.add_row(str(i), f"grow {op}", f"{stage.from_model} -> {stage.to_model}", f"@{stage.at.text()}", length, tokens, flops)
     console.print(stages)
 
     for stage in plan.grows:

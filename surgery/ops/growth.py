@@ -42,6 +42,10 @@ def parse_op(op: str, options: dict | None = None) -> OpParts:
     identity = None
     if text.startswith("d(identity)"):
         text, identity = "d" + text[len("d(identity)"):], True
+    if text.split("(")[0] == "ligo":
+        raise SurgeryError("ligo learns the growth on training batches, so it runs inside a run: write "
+                           "grow S ligo(steps=N)@POINT B in a recipe (surgery run); the plain ops' starting "
+                           "point is df (stacking + FPI)")
     if text not in OPS:
         raise SurgeryError(f"unknown growth op {op!r} (choose one of {', '.join(OPS)}, or d(identity))")
     mode = options.pop("depth", options.pop("mode", None))

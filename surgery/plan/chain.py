@@ -152,14 +152,18 @@ class ChainPart:
         src, dst = self.known_model(src_name, src_pos), self.known_model(dst_name, dst_pos)
         args = self.op_args(op)
         where = f"{src_name} {op.written} {dst_name}"
-        problem = growth_problem(src, dst, depth=info.depth, width=info.width is not None, op=op.name,
-                                 names=(src_name, dst_name))
+        depth, width = info.depth, info.width is not None
+        if info.flexible:  # grows whatever differs (ligo)
+            from surgery.growth_rules import same_width
+
+            depth, width = src.stacks != dst.stacks, not same_width(src, dst)
+        problem = growth_problem(src, dst, depth=depth, width=width, op=op.name, names=(src_name, dst_name))
         if problem is not None:
             message, at = problem
             prefix = "" if message.startswith(f"{src_name} and {dst_name}") else f"{where}: "
             raise self.err(prefix + message, dst_pos if at == "dst" else op.pos)
         if op.layers is not None:
-            if not info.depth:
+            if not depth:
                 raise self.err(f"a layer list picks layers for depth growth; {op.name} does not change depth", op.layers_pos)
             if any(a.key == "select" or (a.key is None and isinstance(a.value, Name) and a.value.value in ("stack", "interleave")) for a in op.args):
                 raise self.err("give either select= or a layer list, not both", op.layers_pos)
@@ -259,7 +263,31 @@ class ChainPart:
             current, current_pos = step.model, step.model_pos
         stages.append(self._train_stage(current, last_point, None, started or bool(stages), budget))
         self._check_unused_checkpoints(chain.first)
+        self._check_fits(chain, stages, budget, steps_per_epoch)
         return " ".join(text), stages
+
+    def _check_fits(self, chain: Chain, stages: list, budget: Point, steps_per_epoch: int | None) -> None:
+        """An op that fits on the run's batches at the growth (ligo(steps=N)) takes its N steps from
+        the stage that follows: N must leave that stage at least one step of its own."""
+        grows = [s for s in stages if isinstance(s, GrowStage)]
+        taken: dict[int, int] = {}  # index of a train stage -> fit steps already taken from it
+        for op_step, stage in zip(chain.steps, grows):
+            key = catalog.FITTED_OPS.get(stage.op)
+            if key is None:
+                continue
+            i = stages.index(stage)
+            t = next(j for j in range(i + 1, len(stages)) if isinstance(stages[j], TrainStage))
+            train = stages[t]
+            taken[t] = taken.get(t, 0) + stage.args[key]  # consecutive init- fits add up
+            start, end = train.start.steps(steps_per_epoch), (train.end or budget).steps(steps_per_epoch)
+            if start is None or end is None:
+                continue  # epochs without steps_per_epoch: the run checks it
+            n = stage.args[key]
+            if taken[t] >= end - start:
+                pos = next((a.pos for a in op_step.op.args if a.key == key), op_step.op.pos)
+                before = f" after {taken[t] - n} fit steps before it" if taken[t] > n else ""
+                raise self.err(f"{stage.op}({key}={n}) fits for {n} steps taken from {train.model}'s stage, "
+                               f"which has {end - start:g}{before}; use fewer steps or grow earlier", pos)
 
     def _train_stage(self, model: str, start: Point | None, end: Point | None, after_growth: bool, budget: Point) -> TrainStage:
         init_from = None if after_growth else self.checkpoints.get(model)
@@ -291,6 +319,10 @@ class ChainPart:
         obj = settings.objective
         key = "span(sbo=true)" if obj.name == "span" and obj.params.get("sbo") else obj.name
         why = catalog.OBJECTIVES_WITHOUT_GROWTH.get(key)
+        for g in stages:
+            if why and isinstance(g, GrowStage) and g.op in catalog.FITTED_OPS:
+                raise self.err(f"objective {key} with {g.op} is not supported: {g.op} fits its operator through the "
+                               f"model's forward call, and {why} read the model's weights besides it", self.objective_pos)
         grows = [s for s in stages if isinstance(s, GrowStage) and not s.init]
         for g in grows if why else ():
             a, b = self.models[g.from_model], self.models[g.to_model]

@@ -3,7 +3,7 @@
 from typing import Any
 
 from surgery.plan import Plan, TrainStage
-from surgery.plan.cost import FLOPS_ASSUMPTION, baseline_flops, stage_cost
+from surgery.plan.cost import FLOPS_ASSUMPTION, baseline_flops, fit_cost, stage_cost
 from surgery.shapes import shape_changes, tensor_groups, train_memory_bytes
 
 
@@ -53,6 +53,8 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                     "tokens": cost.tokens,
                     "flops_per_token": cost.flops_per_token,
                     "flops": cost.flops,
+                    "fit_steps": cost.fit_steps,
+                    "fit_flops": cost.fit_flops,
                     "init_from": stage.init_from,
                 }
             )
@@ -69,6 +71,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                     "at": stage.at.model_dump(),
                     "init": stage.init,
                     "length": None,
+                    "fit": (dict(zip(("steps", "tokens", "flops"), fit)) if (fit := fit_cost(plan, stage)) else None),
                     "shapes": [
                         {"group": c.name, "before": c.before, "after": c.after, "params_before": c.params_before, "params_after": c.params_after}
                         for c in changes

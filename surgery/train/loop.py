@@ -133,6 +133,7 @@ class Trainer:
         self.val_losses: list[float] = []  # every validation so far, to say what a growth changed
         self.stage_rows: list[tuple] = []  # the final summary table
         self.pending_grow = (None, None)
+        self.ligo_at = None  # (segment index, TrainState) while a segment is entered: where a ligo fit counts
         self.trackers = False
         self.family = segments[0].spec.family
         self.vocab = segments[0].spec.vocab
@@ -414,6 +415,7 @@ class Trainer:
         seg = self.segments[index]
         seg_start, seg_end = self.bounds[index]
         grown = False
+        self.ligo_at = (index, st)
         if model is None:
             model = self.first_model(seg)
             grown = seg.grow is not None
@@ -466,6 +468,10 @@ class Trainer:
 
         if growth.op in COMPRESS_OPS:
             return self.transform(model, src_spec, dst_spec, growth, seed), None
+        if growth.op == "ligo":  # fitted on the run's batches; AdamW restarts (surgery/train/ligo_fit.py)
+            from surgery.train.ligo_fit import fit_in_run
+
+            return fit_in_run(self, model, src_spec, dst_spec, growth, seed), None
         result = grow_model(model.cpu(), src_spec, dst_spec, growth.op, seed=seed, options=growth.options)
         return result.model, (result.grow_optimizer_state(opt_state) if opt_state else None)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from surgery import catalog
 from surgery.args import suggest as _suggest
-from surgery.growth_rules import growth_problem
+from surgery.growth_rules import growth_problem, same_width
 from surgery.plan.common import (
     compare_points,
     value_text,
@@ -152,14 +152,17 @@ class ChainPart:
         src, dst = self.known_model(src_name, src_pos), self.known_model(dst_name, dst_pos)
         args = self.op_args(op)
         where = f"{src_name} {op.written} {dst_name}"
-        problem = growth_problem(src, dst, depth=info.depth, width=info.width is not None, op=op.name,
+        depth, width = info.depth, info.width is not None
+        if info.either:  # msg: whichever of depth and width the models differ in
+            depth, width = src.stacks != dst.stacks, not same_width(src, dst)
+        problem = growth_problem(src, dst, depth=depth, width=width, op=op.name,
                                  names=(src_name, dst_name))
         if problem is not None:
             message, at = problem
             prefix = "" if message.startswith(f"{src_name} and {dst_name}") else f"{where}: "
             raise self.err(prefix + message, dst_pos if at == "dst" else op.pos)
         if op.layers is not None:
-            if not info.depth:
+            if not depth:
                 raise self.err(f"a layer list picks layers for depth growth; {op.name} does not change depth", op.layers_pos)
             if any(a.key == "select" or (a.key is None and isinstance(a.value, Name) and a.value.value in ("stack", "interleave")) for a in op.args):
                 raise self.err("give either select= or a layer list, not both", op.layers_pos)
@@ -259,7 +262,32 @@ class ChainPart:
             current, current_pos = step.model, step.model_pos
         stages.append(self._train_stage(current, last_point, None, started or bool(stages), budget))
         self._check_unused_checkpoints(chain.first)
+        self._check_ramps(chain, stages, budget, steps_per_epoch)
         return " ".join(text), stages
+
+    def _check_ramps(self, chain: Chain, stages: list, budget: Point, steps_per_epoch: int | None) -> None:
+        """An op with a ramp (msg) must end it inside the stage that follows it, and an init- msg
+        must be the last init- op (its masks ramp while that stage trains). Where epochs cannot be
+        counted in steps yet, `surgery run` checks the same once the data says."""
+        ops = [step.op for step in chain.steps]
+        grows = [s for s in stages if isinstance(s, GrowStage)]
+        for op, g in zip(ops, grows):
+            info = catalog.OPS.get(g.op)
+            if info is None or info.ramp_steps is None:
+                continue
+            i = stages.index(g)
+            after = stages[i + 1]
+            if isinstance(after, GrowStage):
+                raise self.err(f"init-{g.op} ramps its masks while the next stage trains, so it must be the last "
+                               f"init- op (here {after.op} follows)", op.pos)
+            src, dst = self.models[g.from_model], self.models[g.to_model]
+            need = info.ramp_steps(g.args, not same_width(src, dst), src.stacks != dst.stacks)
+            start = after.start.steps(steps_per_epoch)
+            end = (after.end or budget).steps(steps_per_epoch)
+            if start is not None and end is not None and need > end - start:
+                raise self.err(f"{g.op}: its masks ramp over {need} steps, but {after.model} trains only "
+                               f"{int(end - start)} steps before {'the next growth' if after.end else 'the end'}; "
+                               f"shorten ramp= (or grow earlier)", op.pos)
 
     def _train_stage(self, model: str, start: Point | None, end: Point | None, after_growth: bool, budget: Point) -> TrainStage:
         init_from = None if after_growth else self.checkpoints.get(model)

@@ -3,7 +3,7 @@
 from typing import Any
 
 from surgery.plan import Plan, TrainStage
-from surgery.plan.cost import FLOPS_ASSUMPTION, baseline_flops, stage_cost
+from surgery.plan.cost import FLOPS_ASSUMPTION, baseline_flops, op_cost, op_ramp, stage_cost
 from surgery.shapes import shape_changes, tensor_groups, train_memory_bytes
 
 
@@ -69,6 +69,8 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                     "at": stage.at.model_dump(),
                     "init": stage.init,
                     "length": None,
+                    "ramp_steps": op_ramp(plan, stage),
+                    "cost": op_cost(plan, stage),
                     "shapes": [
                         {"group": c.name, "before": c.before, "after": c.after, "params_before": c.params_before, "params_after": c.params_after}
                         for c in changes

@@ -1,0 +1,205 @@
+"""MSG (masked structural growth): exact at mask 0 at any ratio (post-LN BERT included), the masks
+matter in the middle of the ramp, they fold away into a plain transformers model, and a run
+stopped in the middle of a ramp resumes bit-exactly."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from surgery.errors import RecipeError, SurgeryError
+from surgery.ops import grow_model
+from surgery.ops.msg import Ramp
+from surgery.train.masks import MaskedGrowth
+from tests.fixtures_text import documents
+from tests.tiny import batch, logits, model, rel_change, spec
+
+TOL = 1e-5
+
+# (family, target dims): width 1.5x (non-integer), 2x, depth, and both
+CASES = [
+    ("bert", dict(d_model=24, heads=6, d_ff=96)),
+    ("bert", dict(d_model=32, heads=8, d_ff=128)),
+    ("bert", dict(layers=4)),
+    ("bert", dict(d_model=24, heads=6, d_ff=96, layers=3)),
+    ("t5", dict(d_model=24, heads=6, d_ff=48)),
+    ("t5", dict(d_model=24, heads=6, d_ff=48, layers=3, decoder_layers=4)),
+    ("gpt2", dict(d_model=24, heads=6, d_ff=48)),
+    ("gpt2", dict(d_model=24, heads=6, d_ff=48, layers=3)),
+    ("llama", dict(d_model=24, heads=6, kv_heads=3, d_ff=48)),
+    ("llama", dict(d_model=32, heads=8, kv_heads=2, d_ff=48, layers=3)),  # group size 2 -> 4
+    ("llama", dict(d_model=24, heads=6, kv_heads=3, d_ff=48, layers=3, head="untied")),
+]
+
+
+def _ids(case):
+    fam, dims = case
+    return fam + "-" + "-".join(f"{k}{v}" for k, v in dims.items())
+
+
+def _grown(family, dims, ramp=Ramp(0, 10)):
+    extra = {"head": dims["head"]} if "head" in dims else {}
+    src = spec(family, **extra)
+    dst = spec(family, **dims)
+    small = model(src)
+    big = grow_model(small, src, dst, "msg", seed=3).model.eval()
+    assert big.num_parameters() == dst.params
+    return small, big, MaskedGrowth(big, src, dst, ramp), dst
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
+def test_masks_at_zero_keep_the_logits_and_mid_ramp_moves_them(case):
+    small, big, masks, _ = _grown(*case)
+    ids = batch()
+    ref = logits(small, ids)
+    masks.set_step(0)
+    assert rel_change(logits(big, ids), ref) < TOL
+    masks.set_step(5)  # half way: the new units, heads and layers take part
+    assert rel_change(logits(big, ids), ref) > 1e-3
+    masks.set_step(10)  # mask 1 with the hooks = the plain model
+    at_one = logits(big, ids)
+    masks.fold()
+    assert rel_change(logits(big, ids), at_one) < TOL
+
+
+@pytest.mark.parametrize("case", CASES[:1] + CASES[4:5], ids=_ids)
+def test_without_masks_the_grown_weights_are_not_the_function(case):
+    """The check above can fail: the same grown weights without the masks compute something else."""
+    small, big, masks, _ = _grown(*case)
+    masks.fold()
+    ids = batch()
+    assert rel_change(logits(big, ids), logits(small, ids)) > 1e-2
+
+
+def test_folded_model_saves_as_a_plain_transformers_model(tmp_path):
+    small, big, masks, dst = _grown("bert", dict(d_model=24, heads=6, d_ff=96, layers=3))
+    masks.set_step(3)
+    ids = batch()
+    masks.fold()
+    big.save_pretrained(tmp_path)
+    again = type(big).from_pretrained(tmp_path).eval()
+    fresh = type(big)(again.config)
+    assert set(again.state_dict()) == set(fresh.state_dict())
+    assert set(load_file(tmp_path / "model.safetensors")) <= set(fresh.state_dict())
+    assert torch.equal(logits(big, ids), logits(again, ids))
+    # no hook is left on any module
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in big.modules())
+
+
+def test_ramp_values():
+    r = Ramp(at=10, ramp=4, depth_ramp=2, width_start=0, depth_start=3)
+    assert [r.width_value(n) for n in (10, 11, 14, 20)] == [0.0, 0.25, 1.0, 1.0]
+    assert [r.depth_value(n) for n in (12, 13, 14, 15)] == [0.0, 0.0, 0.5, 1.0]
+    assert r.end == 15 and not r.done(14) and r.done(15)
+    assert Ramp(at=0, ramp=4, width=True, depth=False).end == 4
+
+
+def test_grown_optimizer_state_keeps_old_units_and_zeroes_new_ones():
+    src, dst = spec("gpt2"), spec("gpt2", d_model=24, heads=6, d_ff=48)
+    small = model(src)
+    g = grow_model(small, src, dst, "msg", seed=0)
+    state = {n: {"exp_avg": torch.ones_like(p), "exp_avg_sq": torch.ones_like(p), "step": torch.tensor(3.0)}
+             for n, p in small.named_parameters()}
+    grown = g.grow_optimizer_state(state)
+    m = grown["transformer.h.0.mlp.c_fc.weight"]["exp_avg"]  # [in=d_model, out=d_ff]
+    assert m.shape == (24, 48) and m[:16, :32].eq(1).all() and m[16:].eq(0).all() and m[:, 32:].eq(0).all()
+
+
+# -- plan ------------------------------------------------------------------------------------------
+def _plan(text: str):
+    from surgery.plan import build_plan
+    from surgery.recipe import parse_recipe
+
+    return build_plan(parse_recipe(textwrap.dedent(text), "x.grow"))
+
+
+MODELS = """\
+    model S = bert(layers=2, d_model=16, heads=4, d_ff=64, vocab=300)
+    model B = bert(layers=3, d_model=24, heads=6, d_ff=96, vocab=300)
+    model W = bert(layers=2, d_model=24, heads=6, d_ff=96, vocab=300)
+"""
+
+
+def test_plan_accepts_depth_width_or_both_and_shows_the_ramp():
+    from surgery.plan.cost import op_cost, op_ramp
+
+    plan = _plan(MODELS + "grow S msg(ramp=6, depth_ramp=4, depth_start=2)@8steps B\ntrain 20steps on \"c.txt\"\n")
+    g = plan.grows[0]
+    assert g.args["ramp"] == 6 and op_ramp(plan, g) == 6
+    assert "new layers over 4 steps from +2" in op_cost(plan, g) and "Exact at the growth step" in op_cost(plan, g)
+    assert op_ramp(_plan(MODELS + "grow S msg@8steps W\ntrain 120steps on \"c.txt\"\n"), _plan(
+        MODELS + "grow S msg@8steps W\ntrain 120steps on \"c.txt\"\n").grows[0]) == 100
+    _plan(MODELS + "grow W msg(ramp=3)@8steps B\ntrain 20steps on \"c.txt\"\n")  # depth only
+
+
+def test_plan_refuses_a_ramp_longer_than_its_stage_and_same_size():
+    with pytest.raises(RecipeError, match="ramp over 30 steps, but B trains only 12 steps"):
+        _plan(MODELS + "grow S msg(ramp=30)@8steps B\ntrain 20steps on \"c.txt\"\n")
+    with pytest.raises(RecipeError, match="same size"):
+        _plan(MODELS + "grow S msg@8steps S\ntrain 20steps on \"c.txt\"\n")
+
+
+# -- run -------------------------------------------------------------------------------------------
+RECIPE = """
+model S = bert(layers=2, d_model=16, heads=4, d_ff=64, vocab=300)
+model B = bert(layers=3, d_model=24, heads=6, d_ff=96, vocab=300)
+grow S msg(ramp=6, depth_ramp=4, depth_start=1)@6steps B
+train 16steps on "corpus.txt"
+    optimizer adamw(lr=3e-3, warmup=2steps)
+    batch_size=4 seq_len=32 val_every=2steps optimizer_on_grow=grow
+"""
+
+
+def test_run_stopped_mid_ramp_resumes_bit_exactly(tmp_path):
+    from surgery.plan import plan_file
+    from surgery.train.loop import Trainer
+    from surgery.train.schedule import compile_plan
+
+    (tmp_path / "corpus.txt").write_text("\n".join(documents(200)) + "\n")
+    recipe = tmp_path / "msg.grow"
+    recipe.write_text(RECIPE)
+    segments, settings = compile_plan(plan_file(recipe))
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    kw = dict(run_name="t", quiet=True, corpus_base=tmp_path)
+    Trainer(segments, settings, full, **kw).run()
+    # stopped at step 9: its last checkpoint is step 8, two steps into the six-step ramp
+    Trainer(segments, settings, cut, stop_after_step=9, **kw).run()
+    ck = cut / "checkpoints" / (cut / "checkpoints" / "latest").read_text().strip()
+    assert json.loads((ck / "trainer_state.json").read_text())["step"] == 8
+    _assert_plain(ck / "model")  # the mid-ramp checkpoint holds plain weights: the step gives the masks
+    Trainer(segments, settings, cut, resume=True, **kw).run()
+    a = load_file(full / "final" / "model.safetensors")
+    b = load_file(cut / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    rows = [json.loads(l) for l in (full / "metrics.jsonl").read_text().splitlines()]
+    g = next(i for i, r in enumerate(rows) if r.get("event") == "grow")
+    assert rows[g - 1]["step"] == rows[g + 1]["step"] == 6
+    assert abs(rows[g - 1]["val_loss"] - rows[g + 1]["val_loss"]) < 1e-4  # exact at the growth step
+
+    # the stage and final folders are plain models without mask state
+    for folder in (full / "stages" / "1-B", full / "final", cut / "final"):
+        _assert_plain(folder)
+
+
+def _assert_plain(folder):
+    from transformers import BertForMaskedLM
+
+    m = BertForMaskedLM.from_pretrained(folder)
+    assert m.config.hidden_size == 24 and m.config.num_hidden_layers == 3
+    assert set(load_file(folder / "model.safetensors")) <= set(m.state_dict())
+    assert not any(x._forward_hooks or x._forward_pre_hooks for x in m.modules())
+
+
+def test_run_refuses_a_ramp_past_its_stage_when_only_the_data_can_tell(tmp_path):
+    from surgery.train.masks import check_ramps
+    from surgery.train.schedule import Growth, Segment
+
+    seg = Segment("B", spec("bert", d_model=24, heads=6, d_ff=96), (1, "ep"), (2, "ep"), grow=Growth("msg", {"ramp": 50}))
+    with pytest.raises(SurgeryError, match="ramp over 50 steps but B trains 10 steps"):
+        check_ramps([seg], [(10, 20)])
+    check_ramps([seg], [(10, 60)])

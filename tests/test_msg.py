@@ -203,3 +203,34 @@ def test_run_refuses_a_ramp_past_its_stage_when_only_the_data_can_tell(tmp_path)
     with pytest.raises(SurgeryError, match="ramp over 50 steps but B trains 10 steps"):
         check_ramps([seg], [(10, 20)])
     check_ramps([seg], [(10, 60)])
+
+
+@pytest.mark.parametrize("family", ["t5", "gpt2", "llama"])
+def test_run_grows_by_msg_with_the_validation_loss_kept(tmp_path, family):
+    """surgery run with each family's default objective: the loss right after an msg growth is the
+    loss right before it, and the final folder is the plain target model."""
+    from typer.testing import CliRunner
+
+    from surgery.cli import app
+    layers = "2+2" if family == "t5" else "2"
+    kv = ", kv_heads=2" if family == "llama" else ""
+    kv_big = ", kv_heads=3" if family == "llama" else ""
+    big_layers = "3+3" if family == "t5" else "3"
+    (tmp_path / "corpus.txt").write_text("\n".join(documents(120)) + "\n")
+    recipe = tmp_path / "r.grow"
+    recipe.write_text(f"""
+model S = {family}(layers={layers}, d_model=16, heads=4, d_ff=32, vocab=300{kv})
+model B = {family}(layers={big_layers}, d_model=24, heads=6, d_ff=48, vocab=300{kv_big})
+grow S msg(ramp=2)@2steps B
+train 6steps on "corpus.txt"
+    batch_size=2 seq_len=32 val_every=2steps
+""")
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["run", str(recipe), "--out", str(run), "--quiet"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    g = next(i for i, r in enumerate(rows) if r.get("event") == "grow")
+    assert abs(rows[g - 1]["val_loss"] - rows[g + 1]["val_loss"]) < 1e-4
+    from surgery.io import load_checkpoint
+
+    assert load_checkpoint(run / "final").spec.d_model == 24

@@ -42,6 +42,9 @@ def parse_op(op: str, options: dict | None = None) -> OpParts:
     identity = None
     if text.startswith("d(identity)"):
         text, identity = "d" + text[len("d(identity)"):], True
+    if text.startswith("msg"):
+        raise SurgeryError("msg is a training-time op: its masks ramp while the grown model trains, and the grown "
+                           "weights alone are not the function; use it in a recipe (grow S msg(ramp=N)@POINT B)")
     if text not in OPS:
         raise SurgeryError(f"unknown growth op {op!r} (choose one of {', '.join(OPS)}, or d(identity))")
     mode = options.pop("depth", options.pop("mode", None))

@@ -26,6 +26,7 @@ import torch
 
 from surgery.errors import SurgeryError
 from surgery.families.build import layout_of_model
+from surgery.growth_rules import same_width
 from surgery.ops.msg import MsgLayout, Ramp, msg_layout
 from surgery.spec import ModelSpec
 from surgery.view import Kind, Role, View
@@ -169,10 +170,12 @@ def _growth_source(trainer, index: int) -> tuple[ModelSpec, int]:
 
 def check_ramps(segments, bounds) -> None:
     """Every msg ramp ends inside the stage it starts (the plan checks it when it can count steps)."""
-    for (start, end), seg in zip(bounds, segments):
+    for i, ((start, end), seg) in enumerate(zip(bounds, segments)):
         if seg.grow is None or seg.grow.op != "msg":
             continue
-        steps = Ramp.of(seg.grow.options, start).steps
+        src = segments[i - 1].spec if i > 0 else (seg.init_chain[-1][1] if seg.init_chain else seg.init_spec)
+        steps = Ramp.of(seg.grow.options, start, src is None or not same_width(src, seg.spec),
+                        src is None or src.stacks != seg.spec.stacks).steps
         if start + steps > end:
             raise SurgeryError(f"msg into {seg.name}: the masks ramp over {steps} steps but {seg.name} trains "
                                f"{end - start} steps before the next growth or the end; shorten ramp=")
@@ -185,9 +188,7 @@ def attach(trainer, index: int, model, step: int) -> MaskedGrowth | None:
     if seg.grow is None or seg.grow.op != "msg":
         return None
     src, seed = _growth_source(trainer, index)
-    width = (src.d_model, src.heads, src.d_ff, src.n_kv_heads) != (seg.spec.d_model, seg.spec.heads, seg.spec.d_ff,
-                                                                     seg.spec.n_kv_heads)
-    ramp = Ramp.of(seg.grow.options, trainer.bounds[index][0], width, src.stacks != seg.spec.stacks)
+    ramp = Ramp.of(seg.grow.options, trainer.bounds[index][0], not same_width(src, seg.spec), src.stacks != seg.spec.stacks)
     if ramp.done(step):
         return None
     masks = MaskedGrowth(model, src, seg.spec, ramp, seed=seed, options=seg.grow.options)

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from surgery.errors import RecipeError, SurgeryError
+from surgery.families import FAMILIES
 from surgery.ops import grow_model
 from surgery.ops.msg import Ramp
 from surgery.train.masks import MaskedGrowth
@@ -64,6 +65,26 @@ def test_masks_at_zero_keep_the_logits_and_mid_ramp_moves_them(case):
     at_one = logits(big, ids)
     masks.fold()
     assert rel_change(logits(big, ids), at_one) < TOL
+
+
+@pytest.mark.parametrize("family", [n for n, f in FAMILIES.items() if f.has_view])
+def test_every_growable_family_is_exact_at_mask_zero(family):
+    """1.5x width and one more layer per stack, for every family with a view (one descriptor file
+    is all a new family needs to be covered here)."""
+    s = spec(family)
+    dims = dict(d_model=int(s.d_model * 1.5), d_ff=int(s.d_ff * 1.5), layers=s.layers + 1)
+    if s.d_kv is None:
+        dims["heads"] = int(s.heads * 1.5)
+    if s.kv_heads is not None:
+        dims["kv_heads"] = int(s.kv_heads * 1.5)
+    if s.decoder_layers is not None:
+        dims["decoder_layers"] = s.decoder_layers + 1
+    small, big, masks, _ = _grown(family, dims)
+    ids = batch()
+    masks.set_step(0)
+    assert rel_change(logits(big, ids), logits(small, ids)) < TOL
+    masks.set_step(5)
+    assert rel_change(logits(big, ids), logits(small, ids)) > 1e-3
 
 
 @pytest.mark.parametrize("case", CASES[:1] + CASES[4:5], ids=_ids)
@@ -131,9 +152,13 @@ def test_plan_accepts_depth_width_or_both_and_shows_the_ramp():
     g = plan.grows[0]
     assert g.args["ramp"] == 6 and op_ramp(plan, g) == 6
     assert "new layers over 4 steps from +2" in op_cost(plan, g) and "Exact at the growth step" in op_cost(plan, g)
-    assert op_ramp(_plan(MODELS + "grow S msg@8steps W\ntrain 120steps on \"c.txt\"\n"), _plan(
-        MODELS + "grow S msg@8steps W\ntrain 120steps on \"c.txt\"\n").grows[0]) == 100
+    width_only = _plan(MODELS + "grow S msg@8steps W\ntrain 120steps on \"c.txt\"\n")
+    assert op_ramp(width_only, width_only.grows[0]) == 100  # the default ramp
     _plan(MODELS + "grow W msg(ramp=3)@8steps B\ntrain 20steps on \"c.txt\"\n")  # depth only
+    from surgery.plan.export import plan_json
+
+    grow = next(s for s in plan_json(plan)["stages"] if s["kind"] == "grow")
+    assert grow["ramp_steps"] == 6 and grow["cost"].startswith("masks ramp 0 -> 1")
 
 
 def test_plan_refuses_a_ramp_longer_than_its_stage_and_same_size():

@@ -259,3 +259,37 @@ train 6steps on "corpus.txt"
     from surgery.io import load_checkpoint
 
     assert load_checkpoint(run / "final").spec.d_model == 24
+
+
+def test_surgery_run_killed_mid_ramp_resumes_to_the_uninterrupted_weights(tmp_path):
+    """The same through the CLI with a SIGKILL (as tests/test_run.py does for the other ops)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "corpus.txt").write_text("\n".join(documents(200)) + "\n")
+    recipe = tmp_path / "msg.grow"
+    recipe.write_text(RECIPE.replace("msg(ramp=6, depth_ramp=4, depth_start=1)", "msg(ramp=30, depth_ramp=20)")
+                      .replace("train 16steps", "train 40steps"))
+    env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
+    cmd = lambda out, *extra: [sys.executable, "-m", "surgery", "run", str(recipe), "--out", str(out), "--quiet", *extra]  # noqa: E731
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(cmd(full), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        log = killed / "metrics.jsonl"
+        if log.exists() and any(json.loads(l).get("step", 0) >= 12 for l in log.read_text().splitlines() if l):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ck = killed / "checkpoints" / (killed / "checkpoints" / "latest").read_text().strip()
+    assert 6 < json.loads((ck / "trainer_state.json").read_text())["step"] < 36  # inside the ramp
+    subprocess.run(cmd(killed, "--resume"), check=True, env=env, capture_output=True)
+    a = load_file(full / "final" / "model.safetensors")
+    b = load_file(killed / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -164,6 +164,9 @@ def test_plan_accepts_depth_width_or_both_and_shows_the_ramp():
 def test_plan_refuses_a_ramp_longer_than_its_stage_and_same_size():
     with pytest.raises(RecipeError, match="ramp over 30 steps, but B trains only 12 steps"):
         _plan(MODELS + "grow S msg(ramp=30)@8steps B\ntrain 20steps on \"c.txt\"\n")
+    with pytest.raises(RecipeError, match="init-msg ramps its masks while the next stage trains"):
+        _plan(MODELS + 'pretrained S = "nowhere"\ngrow S init-msg W init-d B\ntrain 120steps on "c.txt"\n')
+    _plan(MODELS + 'pretrained S = "nowhere"\ngrow S init-f W init-msg(ramp=5) B\ntrain 120steps on "c.txt"\n')
     with pytest.raises(RecipeError, match="same size"):
         _plan(MODELS + "grow S msg@8steps S\ntrain 20steps on \"c.txt\"\n")
 
@@ -293,3 +296,53 @@ def test_surgery_run_killed_mid_ramp_resumes_to_the_uninterrupted_weights(tmp_pa
     a = load_file(full / "final" / "model.safetensors")
     b = load_file(killed / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_init_msg_ramps_from_the_first_step(tmp_path):
+    """init-msg grows a pretrained checkpoint before training; its masks ramp over the first steps."""
+    from typer.testing import CliRunner
+
+    from surgery.cli import app
+    from surgery.families.build import build_model
+
+    small = spec("bert", vocab=300)
+    build_model(small, seed=0).save_pretrained(tmp_path / "src")
+    (tmp_path / "corpus.txt").write_text("\n".join(documents(120)) + "\n")
+    recipe = tmp_path / "r.grow"
+    recipe.write_text("""
+model S = bert(layers=2, d_model=16, heads=4, d_ff=64, vocab=300)
+model B = bert(layers=3, d_model=24, heads=6, d_ff=96, vocab=300)
+pretrained S = "src"
+grow S init-msg(ramp=3, depth_start=1) B
+train 6steps on "corpus.txt"
+    batch_size=2 seq_len=32 val_every=2steps
+""")
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["run", str(recipe), "--out", str(run), "--quiet"])
+    assert res.exit_code == 0, res.output
+    _assert_plain(run / "final")
+
+
+def test_attach_finds_the_growth_of_an_init_or_a_mid_run_segment():
+    from types import SimpleNamespace
+
+    from surgery.train.masks import attach
+    from surgery.train.schedule import Growth, Segment
+
+    src, dst = spec("bert"), spec("bert", d_model=24, heads=6, d_ff=96)
+    small = model(src)
+    big = grow_model(small, src, dst, "msg").model.eval()
+    g = Growth("msg", {"ramp": 4})
+    init = Segment("B", dst, (0, "steps"), (6, "steps"), grow=g, init_from="x", init_spec=src)
+    trainer = SimpleNamespace(segments=[init], bounds=[(0, 6)], s=SimpleNamespace(seed=0))
+    masks = attach(trainer, 0, big, 0)
+    ids = batch()
+    assert masks is not None and rel_change(logits(big, ids), logits(small, ids)) < TOL
+    masks.fold()
+    assert attach(trainer, 0, big, 4) is None  # the ramp is over at step 4
+    first = Segment("S", src, (0, "steps"), (5, "steps"))
+    later = Segment("B", dst, (5, "steps"), (12, "steps"), grow=g)
+    trainer = SimpleNamespace(segments=[first, later], bounds=[(0, 5), (5, 12)], s=SimpleNamespace(seed=0))
+    masks = attach(trainer, 1, big, 7)  # resumed two steps into the ramp
+    assert masks.width_c == 0.5 and attach(trainer, 0, small, 3) is None
+    masks.fold()

@@ -275,8 +275,7 @@ class ChainPart:
             info = catalog.OPS.get(g.op)
             if info is None or info.ramp_steps is None:
                 continue
-            i = stages.index(g)
-            after = stages[i + 1]
+            after = stages[next(i for i, s in enumerate(stages) if s is g) + 1]
             if isinstance(after, GrowStage):
                 raise self.err(f"init-{g.op} ramps its masks while the next stage trains, so it must be the last "
                                f"init- op (here {after.op} follows)", op.pos)

@@ -77,6 +77,7 @@ class MaskedGrowth:
         self.eps = float(config.get(family.eps_key) or (1e-6 if family.norm == "rms" else 1e-12))
         self.width_c = self.depth_c = 0.0
         self.masks: dict[Kind, torch.Tensor] = {}
+        self.on_device: dict[tuple, torch.Tensor] = {}
         self.handles = []
         new = self.layout.new_units
         seen: set[tuple[int, str]] = set()
@@ -115,9 +116,10 @@ class MaskedGrowth:
     def mask(self, kind: Kind, device) -> torch.Tensor:
         m = self.masks.get(kind)
         if m is None or m.device != device:
-            new = self.layout.new_units[kind].to(device)
-            m = torch.where(new, torch.tensor(self.width_c, device=device), torch.tensor(1.0, device=device))
-            self.masks[kind] = m
+            new = self.on_device.get((kind, device))
+            if new is None:  # the unit layout moves to the device once, the value is set per step
+                new = self.on_device[(kind, device)] = self.layout.new_units[kind].to(device)
+            m = self.masks[kind] = torch.where(new, self.width_c, 1.0).float()
         return m
 
     def fold(self) -> None:

@@ -346,3 +346,15 @@ def test_attach_finds_the_growth_of_an_init_or_a_mid_run_segment():
     masks = attach(trainer, 1, big, 7)  # resumed two steps into the ramp
     assert masks.width_c == 0.5 and attach(trainer, 0, small, 3) is None
     masks.fold()
+
+
+def test_a_stage_saved_inside_a_ramp_is_folded_and_said():
+    from surgery.train.masks import before_save
+
+    small, big, masks, _ = _grown("gpt2", dict(d_model=24, heads=6, d_ff=48))
+    masks.set_step(3)
+    said = []
+    assert before_save(masks, type("UI", (), {"warn": lambda self, t: said.append(t)})()) is None
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in big.modules())
+    assert "inside an msg ramp (width mask 0.3" in said[0]
+    assert before_save(None) is None

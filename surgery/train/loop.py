@@ -302,6 +302,7 @@ class Trainer:
         return self.out / "stages" / f"{index}-{seg.name}"
 
     def save_stage(self, model, seg: Segment, index: int) -> Path:
+        self.msg = masks.before_save(self.msg, self.ui)  # a run stopped inside an msg ramp (until)
         folder = self.stage_dir(seg, index)
         if not self.acc.is_main_process:
             return folder

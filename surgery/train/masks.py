@@ -196,3 +196,15 @@ def attach(trainer, index: int, model, step: int) -> MaskedGrowth | None:
     masks = MaskedGrowth(model, src, seg.spec, ramp, seed=seed, options=seg.grow.options)
     masks.set_step(step)
     return masks
+
+
+def before_save(masks: MaskedGrowth | None, ui=None) -> None:
+    """Fold masks still ramping when a stage is saved (a stop rule ended the stage inside the ramp):
+    the folder holds the plain model, which is the masked one only at mask 1, so the run says so."""
+    if masks is None:
+        return None
+    if ui is not None:
+        ui.warn(f"the stage ended inside an msg ramp (width mask {masks.width_c:g}, new layers {masks.depth_c:g}); "
+                "the saved model is the plain grown model (masks at 1)")
+    masks.fold()
+    return None

@@ -42,14 +42,14 @@ def _ids(case):
     return fam + "-" + "-".join(f"{k}{v}" for k, v in dims.items())
 
 
-def _grown(family, dims, ramp=Ramp(0, 10)):
+def _grown(family, dims, ramp: Ramp | None = None):
     extra = {"head": dims["head"]} if "head" in dims else {}
     src = spec(family, **extra)
     dst = spec(family, **dims)
     small = model(src)
     big = grow_model(small, src, dst, "msg", seed=3).model.eval()
     assert big.num_parameters() == dst.params
-    return small, big, MaskedGrowth(big, src, dst, ramp), dst
+    return small, big, MaskedGrowth(big, src, dst, ramp or Ramp(0, 10)), dst
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
@@ -97,7 +97,7 @@ def test_without_masks_the_grown_weights_are_not_the_function(case):
 
 
 def test_folded_model_saves_as_a_plain_transformers_model(tmp_path):
-    small, big, masks, dst = _grown("bert", dict(d_model=24, heads=6, d_ff=96, layers=3))
+    _, big, masks, _ = _grown("bert", dict(d_model=24, heads=6, d_ff=96, layers=3))
     masks.set_step(3)
     ids = batch()
     masks.fold()
@@ -277,7 +277,7 @@ def test_surgery_run_killed_mid_ramp_resumes_to_the_uninterrupted_weights(tmp_pa
     recipe.write_text(RECIPE.replace("msg(ramp=6, depth_ramp=4, depth_start=1)", "msg(ramp=30, depth_ramp=20)")
                       .replace("train 16steps", "train 40steps"))
     env = dict(os.environ, PYTHONHASHSEED="0", OMP_NUM_THREADS="1")
-    cmd = lambda out, *extra: [sys.executable, "-m", "surgery", "run", str(recipe), "--out", str(out), "--quiet", *extra]  # noqa: E731
+    cmd = lambda out, *extra: [sys.executable, "-m", "surgery", "run", str(recipe), "--out", str(out), "--quiet", *extra]
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run(cmd(full), check=True, env=env, capture_output=True)
     proc = subprocess.Popen(cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -351,7 +351,7 @@ def test_attach_finds_the_growth_of_an_init_or_a_mid_run_segment():
 def test_a_stage_saved_inside_a_ramp_is_folded_and_said():
     from surgery.train.masks import before_save
 
-    small, big, masks, _ = _grown("gpt2", dict(d_model=24, heads=6, d_ff=48))
+    _, big, masks, _ = _grown("gpt2", dict(d_model=24, heads=6, d_ff=48))
     masks.set_step(3)
     said = []
     assert before_save(masks, type("UI", (), {"warn": lambda self, t: said.append(t)})()) is None

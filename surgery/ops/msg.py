@@ -53,7 +53,7 @@ class Ramp:
     depth: bool = True  # the depth grows
 
     @classmethod
-    def of(cls, options: dict, at: int, width: bool = True, depth: bool = True) -> "Ramp":
+    def of(cls, options: dict, at: int, width: bool = True, depth: bool = True) -> Ramp:
         r = cls(at, int(options.get("ramp") or DEFAULT_RAMP), options.get("depth_ramp"),
                 int(options.get("width_start") or 0), int(options.get("depth_start") or 0), width, depth)
         for key in ("ramp", "depth_ramp_steps"):

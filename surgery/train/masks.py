@@ -200,11 +200,10 @@ def attach(trainer, index: int, model, step: int) -> MaskedGrowth | None:
 
 def before_save(masks: MaskedGrowth | None, ui=None) -> None:
     """Fold masks still ramping when a stage is saved (a stop rule ended the stage inside the ramp):
-    the folder holds the plain model, which is the masked one only at mask 1, so the run says so."""
-    if masks is None:
-        return None
-    if ui is not None:
+    the folder holds the plain model, which is the masked one only at mask 1, so the run says so.
+    Returns None: what the trainer holds afterwards."""
+    if masks is not None and ui is not None:
         ui.warn(f"the stage ended inside an msg ramp (width mask {masks.width_c:g}, new layers {masks.depth_c:g}); "
                 "the saved model is the plain grown model (masks at 1)")
-    masks.fold()
-    return None
+    if masks is not None:
+        masks.fold()

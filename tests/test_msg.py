@@ -167,6 +167,10 @@ def test_plan_refuses_a_ramp_longer_than_its_stage_and_same_size():
     with pytest.raises(RecipeError, match="init-msg ramps its masks while the next stage trains"):
         _plan(MODELS + 'pretrained S = "nowhere"\ngrow S init-msg W init-d B\ntrain 120steps on "c.txt"\n')
     _plan(MODELS + 'pretrained S = "nowhere"\ngrow S init-f W init-msg(ramp=5) B\ntrain 120steps on "c.txt"\n')
+    with pytest.raises(RecipeError, match="must be 0..1 in order, got \\[1, 0\\]"):
+        _plan(MODELS + "grow W msg[1, 0, 1]@8steps B\ntrain 120steps on \"c.txt\"\n")
+    layers = _plan(MODELS + "grow W msg[0, 0, 1]@8steps B\ntrain 120steps on \"c.txt\"\n").grows[0].args["layers"]
+    assert layers == [[0, 0, 1]]
     with pytest.raises(RecipeError, match="same size"):
         _plan(MODELS + "grow S msg@8steps S\ntrain 20steps on \"c.txt\"\n")
 

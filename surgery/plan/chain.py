@@ -168,6 +168,12 @@ class ChainPart:
                 raise self.err("give either select= or a layer list, not both", op.layers_pos)
             args.pop("select", None)
             args["layers"] = self.layer_list(op, src, dst)
+            if info.either:  # msg masks the later copies: the originals come first, in order
+                for items, have in zip(args["layers"], src.stacks):
+                    firsts = [x for i, x in enumerate(items) if x not in items[:i]]
+                    if firsts != list(range(have)):
+                        raise self.err(f"{op.name} keeps the trained layers and masks the copies: the first occurrences "
+                                       f"in the layer list must be 0..{have - 1} in order, got {firsts}", op.layers_pos)
         return args
 
     def layer_list(self, op: OpRef, src: ModelSpec, dst: ModelSpec) -> list[list[int]]:

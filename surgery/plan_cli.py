@@ -93,7 +93,7 @@ def render(plan: Plan, console) -> None:
         console.print(table)
         cost = op_cost(plan, stage)
         if cost:
-            console.print(f"  {stage.op}: {cost}")
+            console.print(f"  {stage.op}: {cost}", soft_wrap=True)
 
     t = plan.train
     console.print(

@@ -362,3 +362,16 @@ def test_a_stage_saved_inside_a_ramp_is_folded_and_said():
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in big.modules())
     assert "inside an msg ramp (width mask 0.3" in said[0]
     assert before_save(None) is None
+
+
+def test_surgery_plan_prints_the_shapes_the_ramp_and_exactness(tmp_path):
+    from typer.testing import CliRunner
+
+    from surgery.cli import app
+
+    recipe = tmp_path / "r.grow"
+    recipe.write_text(textwrap.dedent(MODELS) + "grow S msg(ramp=6)@8steps B\ntrain 20steps on \"c.txt\"\n")
+    out = CliRunner().invoke(app, ["plan", str(recipe)]).stdout
+    for needle in ("grow S -> B by msg", "[16, 16] x6", "[24, 24] x9", "ramp 6steps",
+                   "plain model 6 steps after the growth", "Exact at the growth step"):
+        assert needle in out, needle

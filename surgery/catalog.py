@@ -8,6 +8,7 @@ and docs/recipes.md describe them. No torch here: the plan path imports this mod
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from surgery.args import FRACTION, ArgInfo
 from surgery.families import FAMILIES
@@ -23,8 +24,12 @@ class OpInfo:
     # compression ops: the families the model before and after the op may be (None: any)
     sources: tuple[str, ...] | None = None
     targets: tuple[str, ...] | None = None
-    # True: the op grows whatever the two models differ in (depth, width or both), like ligo
+    # True: the op grows whatever the two models differ in (depth, width or both): ligo, msg
     flexible: bool = False
+    # (args, grows width, grows depth) -> what the op costs beyond its growth step, for `surgery
+    # plan`, and the steps after the growth it needs inside the next stage (a ramp); None: nothing
+    cost: Callable[[dict, bool, bool], str] | None = None
+    ramp_steps: Callable[[dict, bool, bool], int] | None = None
 
 
 _SEED = ArgInfo("int", None, help="seed of random choices (default: the training seed)")
@@ -76,6 +81,48 @@ OPS: dict[str, OpInfo] = {
 
 # Ops that fit parameters on the run's batches at the growth: name -> the argument giving its steps.
 FITTED_OPS = {"ligo": "steps"}
+
+
+def msg_ramp_steps(args: dict, width: bool, depth: bool) -> int:
+    """Steps after an msg growth until every mask is 1 (surgery/ops/msg.py's Ramp; torch-free)."""
+    ramp = int(args.get("ramp") or 100)
+    depth_ramp = int(args.get("depth_ramp") or ramp)
+    ends = [0] + ([int(args.get("width_start") or 0) + ramp] if width else []) \
+        + ([int(args.get("depth_start") or 0) + depth_ramp] if depth else [])
+    return max(ends)
+
+
+def _msg_cost(args: dict, width: bool, depth: bool) -> str:
+    ramp = int(args.get("ramp") or 100)
+    depth_ramp = int(args.get("depth_ramp") or ramp)
+    parts = []
+    if width:
+        parts.append(f"new units/heads over {ramp} steps" + (f" from +{args['width_start']}" if args.get("width_start") else ""))
+    if depth:
+        parts.append(f"new layers over {depth_ramp} steps" + (f" from +{args['depth_start']}" if args.get("depth_start") else ""))
+    return (f"masks ramp 0 -> 1: {'; '.join(parts)}; plain model {msg_ramp_steps(args, width, depth)} steps "
+            "after the growth. Exact at the growth step (masks 0) at any ratio, pre- and post-norm; "
+            "until then every layer pays a few elementwise products")
+
+
+OPS["msg"] = OpInfo(
+    True,
+    "masked",
+    "MSG masked structural growth: depth, width or both; new units, heads and layers are multiplied by "
+    "masks that ramp from 0 to 1 (norms computed under the mask), so the growth is exact at any ratio",
+    {
+        "ramp": ArgInfo("int", 100, help="steps over which the width masks (new d_model units, heads, d_ff units) go from 0 to 1", low=1),
+        "depth_ramp": ArgInfo("int", None, help="steps over which new layers' masks go from 0 to 1 (default: ramp)", low=1),
+        "width_start": ArgInfo("int", None, help="steps after the growth before the width ramp starts (default 0)", low=0),
+        "depth_start": ArgInfo("int", None, help="steps after the growth before the depth ramp starts (default 0)", low=0),
+        "select": _DEPTH_ARGS["select"],
+        "seed": _SEED,
+    },
+    impl="surgery.ops.msg:plan_msg",
+    flexible=True,
+    cost=_msg_cost,
+    ramp_steps=msg_ramp_steps,
+)
 
 # Compression ops: the chain's right model is smaller (or the same size, differently built).
 COMPRESS_OPS: dict[str, OpInfo] = {

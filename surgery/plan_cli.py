@@ -8,7 +8,7 @@ from pathlib import Path
 
 from surgery.checkpoints import has_tokenizer, read_config
 from surgery.plan import Plan, TrainStage, plan_and_missing
-from surgery.plan.cost import FLOPS_ASSUMPTION, baseline_flops, fit_cost, stage_cost
+from surgery.plan.cost import FLOPS_ASSUMPTION, baseline_flops, fit_cost, op_cost, op_ramp, stage_cost
 from surgery.plan.export import plan_json
 from surgery.recipe import load_recipe
 from surgery.shapes import (
@@ -76,8 +76,9 @@ def render(plan: Plan, console) -> None:
         else:
             args = ", ".join(f"{k}={_short(v)}" for k, v in stage.args.items())
             op = ("init-" if stage.init else "") + stage.op + (f"({args})" if args else "")
-            fit = fit_cost(plan, stage)
-            length, tokens, flops = ("", "", "") if fit is None else (f"{fit[0]}steps fit", human(fit[1]), human(fit[2]))
+            fit, ramp = fit_cost(plan, stage), op_ramp(plan, stage)
+            length, tokens, flops = ((f"ramp {ramp}steps" if ramp else ""), "", "") if fit is None \
+                else (f"{fit[0]}steps fit", human(fit[1]), human(fit[2]))
             stages.add_row(str(i), f"grow {op}", f"{stage.from_model} -> {stage.to_model}", f"@{stage.at.text()}", length, tokens, flops)
     console.print(stages)
 
@@ -91,6 +92,9 @@ def render(plan: Plan, console) -> None:
             table.add_row(c.name, c.before, c.after, f"{c.params_before:,}", f"{c.params_after:,}", style=style)
         table.add_row("total", "", "", f"{src.params:,}", f"{dst.params:,}", style="bold")
         console.print(table)
+        cost = op_cost(plan, stage)
+        if cost:
+            console.print(f"  {stage.op}: {cost}", soft_wrap=True)
 
     t = plan.train
     console.print(

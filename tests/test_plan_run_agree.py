@@ -83,6 +83,8 @@ def recipes(draw):
             width += 1
         if op == "d" and draw(st.booleans()):
             op = "d(identity)"
+        if op == "msg":  # its ramp must fit in the 2-step stage after it
+            op = "msg(ramp=2)"
         point += 2
         lines.append(_model_line(f"M{i + 1}", family, layers, width, extra))
         chain += [f"{op}@{point}steps", f"M{i + 1}"]

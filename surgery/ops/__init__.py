@@ -79,6 +79,15 @@ def _new_model(model, config: dict, untied: bool):
     return new
 
 
+def _planner(op: str):
+    """plan_growth, or the planner of an op implemented in its own module (msg)."""
+    if op == "msg":
+        from surgery.ops.msg import plan_msg
+
+        return plan_msg
+    return plan_growth
+
+
 def grow_model(model, src: ModelSpec, dst: ModelSpec, op: str, *, seed: int = 0, options: dict | None = None) -> GrownModel:
     """Grow a transformers model (T5ForConditionalGeneration, BertForMaskedLM, BertModel) by `op`."""
     family, layout = layout_of_model(model)
@@ -87,7 +96,7 @@ def grow_model(model, src: ModelSpec, dst: ModelSpec, op: str, *, seed: int = 0,
             (src.family, src.stacks, src.d_model, src.heads, src.d_ff, src.head, src.n_kv_heads):
         raise SurgeryError(f"the model is {actual.describe()} (head={actual.head}), not {src.describe()} (head={src.head})")
     config = model.config.to_dict()
-    plan = plan_growth(family, src, dst, op, layout, config, seed=seed, options=options)
+    plan = _planner(op)(family, src, dst, op, layout, config, seed=seed, options=options)
     tensors = {k: v.detach() for k, v in model.state_dict().items()}
     source = _ModelSource(plan, tensors)
     new = _new_model(model, plan.config, layout.untied_head)

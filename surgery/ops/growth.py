@@ -46,6 +46,9 @@ def parse_op(op: str, options: dict | None = None) -> OpParts:
         raise SurgeryError("ligo learns the growth on training batches, so it runs inside a run: write "
                            "grow S ligo(steps=N)@POINT B in a recipe (surgery run); the plain ops' starting "
                            "point is df (stacking + FPI)")
+    if text.startswith("msg"):
+        raise SurgeryError("msg is a training-time op: its masks ramp while the grown model trains, and the grown "
+                           "weights alone are not the function; use it in a recipe (grow S msg(ramp=N)@POINT B)")
     if text not in OPS:
         raise SurgeryError(f"unknown growth op {op!r} (choose one of {', '.join(OPS)}, or d(identity))")
     mode = options.pop("depth", options.pop("mode", None))

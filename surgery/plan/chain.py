@@ -6,7 +6,7 @@ from typing import Any
 
 from surgery import catalog
 from surgery.args import suggest as _suggest
-from surgery.growth_rules import growth_problem
+from surgery.growth_rules import growth_problem, same_width
 from surgery.plan.common import (
     compare_points,
     value_text,
@@ -153,9 +153,7 @@ class ChainPart:
         args = self.op_args(op)
         where = f"{src_name} {op.written} {dst_name}"
         depth, width = info.depth, info.width is not None
-        if info.flexible:  # grows whatever differs (ligo)
-            from surgery.growth_rules import same_width
-
+        if info.flexible:  # ligo, msg: whichever of depth and width the models differ in
             depth, width = src.stacks != dst.stacks, not same_width(src, dst)
         problem = growth_problem(src, dst, depth=depth, width=width, op=op.name, names=(src_name, dst_name))
         if problem is not None:
@@ -169,6 +167,12 @@ class ChainPart:
                 raise self.err("give either select= or a layer list, not both", op.layers_pos)
             args.pop("select", None)
             args["layers"] = self.layer_list(op, src, dst)
+            if info.ramp_steps is not None:  # msg masks the later copies: the originals come first, in order
+                for items, have in zip(args["layers"], src.stacks):
+                    firsts = [x for i, x in enumerate(items) if x not in items[:i]]
+                    if firsts != list(range(have)):
+                        raise self.err(f"{op.name} keeps the trained layers and masks the copies: the first occurrences "
+                                       f"in the layer list must be 0..{have - 1} in order, got {firsts}", op.layers_pos)
         return args
 
     def layer_list(self, op: OpRef, src: ModelSpec, dst: ModelSpec) -> list[list[int]]:
@@ -264,6 +268,7 @@ class ChainPart:
         stages.append(self._train_stage(current, last_point, None, started or bool(stages), budget))
         self._check_unused_checkpoints(chain.first)
         self._check_fits(chain, stages, budget, steps_per_epoch)
+        self._check_ramps(chain, stages, budget, steps_per_epoch)
         return " ".join(text), stages
 
     def _check_fits(self, chain: Chain, stages: list, budget: Point, steps_per_epoch: int | None) -> None:
@@ -288,6 +293,29 @@ class ChainPart:
                 before = f" after {taken[t] - n} fit steps before it" if taken[t] > n else ""
                 raise self.err(f"{stage.op}({key}={n}) fits for {n} steps taken from {train.model}'s stage, "
                                f"which has {end - start:g}{before}; use fewer steps or grow earlier", pos)
+
+    def _check_ramps(self, chain: Chain, stages: list, budget: Point, steps_per_epoch: int | None) -> None:
+        """An op with a ramp (msg) must end it inside the stage that follows it, and an init- msg
+        must be the last init- op (its masks ramp while that stage trains). Where epochs cannot be
+        counted in steps yet, `surgery run` checks the same once the data says."""
+        ops = [step.op for step in chain.steps]
+        grows = [s for s in stages if isinstance(s, GrowStage)]
+        for op, g in zip(ops, grows):
+            info = catalog.OPS.get(g.op)
+            if info is None or info.ramp_steps is None:
+                continue
+            after = stages[next(i for i, s in enumerate(stages) if s is g) + 1]
+            if isinstance(after, GrowStage):
+                raise self.err(f"init-{g.op} ramps its masks while the next stage trains, so it must be the last "
+                               f"init- op (here {after.op} follows)", op.pos)
+            src, dst = self.models[g.from_model], self.models[g.to_model]
+            need = info.ramp_steps(g.args, not same_width(src, dst), src.stacks != dst.stacks)
+            start = after.start.steps(steps_per_epoch)
+            end = (after.end or budget).steps(steps_per_epoch)
+            if start is not None and end is not None and need > end - start:
+                raise self.err(f"{g.op}: its masks ramp over {need} steps, but {after.model} trains only "
+                               f"{int(end - start)} steps before {'the next growth' if after.end else 'the end'}; "
+                               f"shorten ramp= (or grow earlier)", op.pos)
 
     def _train_stage(self, model: str, start: Point | None, end: Point | None, after_growth: bool, budget: Point) -> TrainStage:
         init_from = None if after_growth else self.checkpoints.get(model)

@@ -152,3 +152,25 @@ def baseline_flops(plan: Plan) -> float | None:
         return None
     return flops_per_token(plan.models[plan.final_model]) * steps * plan.train.tokens_per_step
 
+
+def _grows(plan: Plan, stage) -> tuple[bool, bool]:
+    from surgery.growth_rules import same_width
+
+    src, dst = plan.models[stage.from_model], plan.models[stage.to_model]
+    return not same_width(src, dst), src.stacks != dst.stacks
+
+
+def op_ramp(plan: Plan, stage) -> int | None:
+    """Steps after the growth until an op with a ramp (msg) is a plain model; None for the others."""
+    from surgery import catalog
+
+    info = catalog.OPS.get(stage.op)
+    return info.ramp_steps(stage.args, *_grows(plan, stage)) if info is not None and info.ramp_steps else None
+
+
+def op_cost(plan: Plan, stage) -> str | None:
+    """What the op costs beyond its growth step, in words (catalog OpInfo.cost); None for most ops."""
+    from surgery import catalog
+
+    info = catalog.OPS.get(stage.op)
+    return info.cost(stage.args, *_grows(plan, stage)) if info is not None and info.cost else None

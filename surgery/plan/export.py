@@ -3,7 +3,7 @@
 from typing import Any
 
 from surgery.plan import Plan, TrainStage
-from surgery.plan.cost import FLOPS_ASSUMPTION, baseline_flops, fit_cost, stage_cost
+from surgery.plan.cost import FLOPS_ASSUMPTION, baseline_flops, fit_cost, op_cost, op_ramp, stage_cost
 from surgery.shapes import shape_changes, tensor_groups, train_memory_bytes
 
 
@@ -72,6 +72,8 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                     "init": stage.init,
                     "length": None,
                     "fit": (dict(zip(("steps", "tokens", "flops"), fit)) if (fit := fit_cost(plan, stage)) else None),
+                    "ramp_steps": op_ramp(plan, stage),
+                    "cost": op_cost(plan, stage),
                     "shapes": [
                         {"group": c.name, "before": c.before, "after": c.after, "params_before": c.params_before, "params_after": c.params_after}
                         for c in changes

@@ -30,6 +30,7 @@ from surgery.checkpoints import carry_files, has_tokenizer
 from surgery.errors import SurgeryError
 from surgery.families.build import with_pretraining_head
 from surgery.train import checkpoint as ckpt
+from surgery.train import masks
 from surgery.train.console import RunConsole, fmt_loss
 from surgery.train.corpus import load_documents, resolve_corpus
 from surgery.train.data import (
@@ -135,6 +136,7 @@ class Trainer:
         self.pending_grow = (None, None)
         self.ligo_at = None  # (segment index, TrainState) while a segment is entered: where a ligo fit counts
         self.trackers = False
+        self.msg = None  # MSG masks while they ramp (surgery.train.masks)
         self.family = segments[0].spec.family
         self.vocab = segments[0].spec.vocab
 
@@ -301,6 +303,7 @@ class Trainer:
         return self.out / "stages" / f"{index}-{seg.name}"
 
     def save_stage(self, model, seg: Segment, index: int) -> Path:
+        self.msg = masks.before_save(self.msg, self.ui)  # a run stopped inside an msg ramp (until)
         folder = self.stage_dir(seg, index)
         if not self.acc.is_main_process:
             return folder
@@ -341,6 +344,7 @@ class Trainer:
             self.bounds = [seg.steps(spe) for seg in self.segments]
             if any(end <= start for start, end in self.bounds):
                 raise SurgeryError(f"with {spe} steps per epoch a stage would train for no steps: {self.bounds}")
+            masks.check_ramps(self.segments, self.bounds)
             self.total = self.bounds[-1][1]
             self.curve = LrCurve.of(self.s, self.total, spe)
             self.aux, self.distil, self.aux_is_distil = None, None, False
@@ -437,6 +441,7 @@ class Trainer:
             return model, index, None
         model = model.to(self.acc.device)
         model.train()
+        self.msg = masks.attach(self, index, model, st.step)  # msg growth: masks until the ramp ends
         self.stage_aux(model, self.aux_weights)
         self.aux_weights = None
         optimizer = make_optimizer(model, self.s, self.aux)
@@ -502,6 +507,8 @@ class Trainer:
                 # Dropout per rank and per step, a function of (seed, step, rank): ranks draw
                 # different masks, and a resumed run (with any process count) draws the same.
                 torch.manual_seed(int(np.random.default_rng([self.s.seed, 15485863, st.step, rank]).integers(2**62)))
+            if self.msg is not None:
+                self.msg.set_step(st.step + 1)
             step_loss = torch.zeros((), device=dev)
             for micro in range(self.s.grad_accum):
                 idx = self.order.indices(st.step, micro)
@@ -543,6 +550,8 @@ class Trainer:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             st.step += 1
+            if self.msg is not None and self.msg.done(st.step):  # masks at 1: the plain model
+                self.msg = self.msg.fold()
             st.tokens += self.tokens_per_step
             steps_done += 1
             since += step_loss

@@ -50,7 +50,7 @@ def render(plan: Plan, console) -> None:
         models.add_row(
             name, spec.family, spec.layers_text(), str(spec.d_model),
             f"{spec.heads} (kv {spec.kv_heads})" if spec.kv_heads is not None else str(spec.heads), str(spec.head_dim), str(spec.d_ff),
-            str(spec.vocab), f"{spec.params:,}", human_bytes(train_memory_bytes(spec)),
+            str(spec.vocab), f"{spec.params:,}" + (f" ({spec.active_params:,} active per token)" if spec.active_params != spec.params else ""), human_bytes(train_memory_bytes(spec)),
         )
     console.print(models)
     for name, path in plan.checkpoints.items():

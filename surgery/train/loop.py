@@ -219,7 +219,7 @@ class Trainer:
 
         if growth.op not in COMPRESS_OPS:
             return grow_model(model, src_spec, dst_spec, growth.op, seed=seed, options=growth.options).model
-        new = compress_model(model.cpu(), src_spec, dst_spec, growth.op, growth.options)
+        new = compress_model(model.cpu(), src_spec, dst_spec, growth.op, growth.options, seed=seed)
         if growth.op == "distil":
             self.distil = self._distil_loss(model, new, growth.options)
         return new
@@ -465,7 +465,12 @@ class Trainer:
         from surgery.ops import grow_model
 
         if growth.op in COMPRESS_OPS:
-            return self.transform(model, src_spec, dst_spec, growth, seed), None
+            new = self.transform(model, src_spec, dst_spec, growth, seed)
+            if growth.op == "moe" and opt_state:  # every expert takes its dense MLP's moments
+                from surgery.moe import upcycle_optimizer_state
+
+                return new, upcycle_optimizer_state(opt_state, dst_spec)
+            return new, None
         result = grow_model(model.cpu(), src_spec, dst_spec, growth.op, seed=seed, options=growth.options)
         return result.model, (result.grow_optimizer_state(opt_state) if opt_state else None)
 

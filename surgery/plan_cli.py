@@ -103,7 +103,9 @@ def render(plan: Plan, console) -> None:
         f"val_every={t.val_every} steps, seed={t.seed}"
     )
     rewarm = f"rewarm({t.lr_on_grow.rewarm.text()})" if t.lr_on_grow.policy == "rewarm" and t.lr_on_grow.rewarm else t.lr_on_grow.policy
-    console.print(f"at growth: lr {rewarm}, optimizer state {t.optimizer_on_grow}")
+    console.print(f"at growth: lr {rewarm}, optimizer state {t.optimizer_on_grow}"
+                  + (f", freeze={t.freeze.text()}: only the growth's new parameters train for {t.freeze.steps} steps"
+                     if t.freeze is not None else ""))
     if t.until:
         console.print(f"stop early when {t.until.metric} {t.until.op} {t.until.value:g}")
     if plan.finetune:

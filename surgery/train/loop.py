@@ -450,6 +450,9 @@ class Trainer:
         # stage (and its DDP buckets) would stay alive beside the grown one.
         self.acc.free_memory()
         model, optimizer = self.acc.prepare(model, optimizer)
+        from surgery.train.freeze import freezer_for  # freeze=old(N steps): only new parameters train
+
+        self.freezer = freezer_for(self, index, model, st.step)
         if grown or (st.step == seg_start and index == 0 and not self.metrics.rows):
             vl = self.validate(model)
             self.log({"stage": index, "model": seg.name, "step": st.step, "tokens": st.tokens,
@@ -534,12 +537,16 @@ class Trainer:
                     if p.grad is not None:
                         torch.distributed.all_reduce(p.grad)
                         p.grad /= n
+            if self.freezer is not None:
+                self.freezer.before_step(st.step)
             norm = None
             if self.s.max_grad_norm:
                 params = list(model.parameters()) + (list(self.aux.parameters()) if self.aux is not None else [])
                 norm = self.acc.clip_grad_norm_(params, self.s.max_grad_norm)
             self.watch(st.step + 1, step_loss, norm)
             optimizer.step()
+            if self.freezer is not None:
+                self.freezer.after_step(st.step)
             optimizer.zero_grad(set_to_none=True)
             st.step += 1
             st.tokens += self.tokens_per_step

@@ -208,3 +208,23 @@ def test_init_moe_upcycles_a_pretrained_checkpoint(tmp_path):
     from transformers import MixtralForCausalLM
 
     assert MixtralForCausalLM.from_pretrained(run / "final").config.num_local_experts == 4
+
+
+def test_grow_cli_upcycles_a_checkpoint(tmp_path):
+    src = model(spec("llama"))
+    src.save_pretrained(tmp_path / "dense")
+    out = tmp_path / "moe"
+    result = CliRunner().invoke(app, ["grow", str(tmp_path / "dense"), "--op", "moe(experts=4, top_k=1)", "--to", "",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "function moved: max relative logit change" in result.output
+    from transformers import MixtralForCausalLM
+
+    back = MixtralForCausalLM.from_pretrained(out).eval()
+    assert back.config.num_local_experts == 4 and back.config.num_experts_per_tok == 1
+    ids = batch()
+    assert (logits(back, ids) - logits(src, ids)).abs().max().item() < 1e-5
+    bert = model(spec("bert"))
+    bert.save_pretrained(tmp_path / "bert")
+    bad = CliRunner().invoke(app, ["grow", str(tmp_path / "bert"), "--op", "moe", "--to", "", "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "no mixture-of-experts BERT class" in bad.output

@@ -137,3 +137,27 @@ def test_plan_refuses_what_freeze_cannot_follow(chain, setting, message):
     with pytest.raises(RecipeError) as info:
         _plan(chain, setting)
     assert message in info.value.message
+
+
+def test_llama_pro_init_expansion_of_a_pretrained_model(tmp_path):
+    """LLaMA Pro: a pretrained llama expanded before training by init-d(identity); for the window
+    only the added blocks train."""
+    from surgery.ops import grow_model
+    from tests.tiny import model, spec
+
+    small = spec("llama", layers=2, d_model=32, heads=4, kv_heads=2, d_ff=64, vocab=300, max_positions=64)
+    model(small).save_pretrained(tmp_path / "pre")
+    (tmp_path / "corpus.txt").write_text("\n".join(documents(200)) + "\n")
+    recipe = tmp_path / "pro.grow"
+    recipe.write_text(RUN.format(**DEPTH).replace("grow S d(identity)@4steps B", 'pretrained S = "pre"\ngrow S init-d(identity) B'))
+    segments, settings = compile_plan(plan_file(recipe))
+    at4 = _train(tmp_path, segments, settings, "at4", stop=4)
+    seg = segments[0]
+    grown = grow_model(load_model(tmp_path / "pre"), small, seg.spec, seg.grow.op, seed=settings.seed,
+                       options=seg.grow.options).model.state_dict()
+    end = _weights(at4, 4)
+    for k, v in grown.items():
+        if "rotary" in k:
+            continue
+        added = ".layers.2." in k or ".layers.3." in k
+        assert torch.equal(end[k], v) != added, k

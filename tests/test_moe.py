@@ -228,3 +228,14 @@ def test_grow_cli_upcycles_a_checkpoint(tmp_path):
     bert.save_pretrained(tmp_path / "bert")
     bad = CliRunner().invoke(app, ["grow", str(tmp_path / "bert"), "--op", "moe", "--to", "", "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "no mixture-of-experts BERT class" in bad.output
+
+
+def test_plan_accepts_qwen2_to_qwen2_moe_and_prints_active_parameters(tmp_path):
+    text = LM.replace("llama(", "qwen2(").replace("mixtral(", "qwen2_moe(")
+    plan = _plan(text, "grow L init-moe M".replace("init-moe", "moe@5steps"))
+    m = plan.models["M"]
+    assert m.family == "qwen2_moe" and m.hf_model_class == "Qwen2MoeForCausalLM" and m.active_params < m.params
+    (tmp_path / "r.grow").write_text(textwrap.dedent(LM) + "grow L moe@5steps M\ntrain 10steps\n")
+    result = CliRunner().invoke(app, ["plan", str(tmp_path / "r.grow")])
+    assert result.exit_code == 0, result.output
+    assert "active per token" in result.output and "router" in result.output

@@ -239,3 +239,20 @@ def test_plan_accepts_qwen2_to_qwen2_moe_and_prints_active_parameters(tmp_path):
     result = CliRunner().invoke(app, ["plan", str(tmp_path / "r.grow")])
     assert result.exit_code == 0, result.output
     assert "active per token" in result.output and "router" in result.output
+
+
+def test_run_continues_a_pretrained_mixtral(tmp_path):
+    """A family without a neutral view is read by transformers as the run's first model."""
+    m = model(spec("mixtral", vocab=300, max_positions=512, head="untied"))
+    with torch.no_grad():
+        m.lm_head.weight.mul_(200)  # a checkpoint no fresh model resembles: a very confident head
+    m.save_pretrained(tmp_path / "m")
+    (tmp_path / "corpus.txt").write_text("\n".join(documents(100)) + "\n")
+    (tmp_path / "r.grow").write_text(
+        'model M = mixtral(layers=2, d_model=16, heads=4, kv_heads=2, d_ff=32, vocab=300, experts=4, top_k=2, tie=false)\n'
+        'pretrained M = "m"\ntrain M 4steps on "corpus.txt"\n    batch_size=2 seq_len=32 val_every=2steps\n')
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "r.grow"), "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 0 and rows[0]["val_loss"] > 10  # the checkpoint's (a fresh model: ~ln 300 = 5.7)
+    assert rows[-1]["step"] == 4

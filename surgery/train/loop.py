@@ -199,7 +199,12 @@ class Trainer:
         declared = seg.init_spec or seg.spec
         if seg.init_chain:
             declared = seg.init_chain[0][1]
-        source = load_checkpoint(seg.init_from)
+        if declared.descriptor.has_view:
+            source = load_checkpoint(seg.init_from)
+        else:  # no neutral view (albert, mixtral, qwen2_moe): transformers reads it
+            from surgery.moe import ViewlessCheckpoint as source
+
+            source = source(seg.init_from)
         if source.spec.model_copy(update={"head": declared.head}) != declared:
             raise SurgeryError(f"pretrained checkpoint {seg.init_from} is {source.spec.describe()}, "
                                f"but the recipe declares {declared.describe()}")

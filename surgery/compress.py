@@ -236,3 +236,21 @@ def load_model(path):
     from surgery.io import load_checkpoint
 
     return load_checkpoint(path).model()
+
+
+class ViewlessCheckpoint:
+    """A checkpoint folder of a family without a neutral view (mixtral, qwen2_moe, albert) as the
+    loop's first model reads one: its spec (config.json) and its model (transformers'
+    from_pretrained, the family's quirks applied: surgery.compress.load_model)."""
+
+    def __init__(self, folder):
+        import json
+        from pathlib import Path
+
+        from surgery.spec import ModelSpec
+
+        self.folder = Path(folder)
+        self.spec = ModelSpec.from_hf_config(json.loads((self.folder / "config.json").read_text()))
+
+    def model(self):
+        return load_model(self.folder)

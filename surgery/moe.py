@@ -141,22 +141,3 @@ def upcycle_optimizer_state(state: dict[str, dict], dst) -> dict[str, dict]:
         out[f"{m}.experts.down_proj"]["step"] = torch.as_tensor(down["step"]).clone()
     return out
 
-
-class ViewlessCheckpoint:
-    """A checkpoint folder of a family without a neutral view (mixtral, qwen2_moe, albert) as the
-    loop's first model reads one: its spec (config.json) and its model (transformers'
-    from_pretrained, the family's quirks applied: surgery.compress.load_model)."""
-
-    def __init__(self, folder):
-        import json
-        from pathlib import Path
-
-        from surgery.spec import ModelSpec
-
-        self.folder = Path(folder)
-        self.spec = ModelSpec.from_hf_config(json.loads((self.folder / "config.json").read_text()))
-
-    def model(self):
-        from surgery.compress import load_model
-
-        return load_model(self.folder)

@@ -145,8 +145,8 @@ def test_growth_ops_refuse_a_mixture_of_experts():
 
 # ---- surgery run -----------------------------------------------------------------------------
 RUN = """
-model L = llama(layers=2, d_model=32, heads=4, kv_heads=2, d_ff=64, vocab=300)
-model M = mixtral(layers=2, d_model=32, heads=4, kv_heads=2, d_ff=64, vocab=300, experts=4, top_k=2)
+model L = {dense}(layers=2, d_model=32, heads=4, kv_heads=2, d_ff=64, vocab=300)
+model M = {moe}(layers=2, d_model=32, heads=4, kv_heads=2, d_ff=64, vocab=300, experts=4, top_k=2)
 grow L moe(experts=4, top_k=2)@4steps M
 train 8steps on "corpus.txt"
     optimizer adamw(lr=3e-3, warmup=2steps)
@@ -154,15 +154,16 @@ train 8steps on "corpus.txt"
 """
 
 
-def _recipe(folder: Path, extra: str = "") -> Path:
+def _recipe(folder: Path, extra: str = "", dense: str = "llama", moe: str = "mixtral") -> Path:
     (folder / "corpus.txt").write_text("\n".join(documents(200)) + "\n")
     recipe = folder / "moe.grow"
-    recipe.write_text(RUN.format(extra=extra))
+    recipe.write_text(RUN.format(extra=extra, dense=dense, moe=moe))
     return recipe
 
 
-def test_run_upcycles_mid_run_keeps_the_loss_and_trains(tmp_path):
-    recipe = _recipe(tmp_path)
+@pytest.mark.parametrize("dense, moe", PAIRS)
+def test_run_upcycles_mid_run_keeps_the_loss_and_trains(tmp_path, dense, moe):
+    recipe = _recipe(tmp_path, dense=dense, moe=moe)
     run = tmp_path / "run"
     result = CliRunner().invoke(app, ["run", str(recipe), "--out", str(run), "--quiet"])
     assert result.exit_code == 0, result.output
@@ -172,9 +173,9 @@ def test_run_upcycles_mid_run_keeps_the_loss_and_trains(tmp_path):
     at4 = [r["val_loss"] for r in vals if r["step"] == 4]
     assert len(at4) == 2 and abs(at4[0] - at4[1]) < 1e-5  # before and after the upcycling
     assert rows[-1]["step"] == 8 and vals[-1]["val_loss"] < vals[0]["val_loss"]
-    from transformers import MixtralForCausalLM
+    import transformers
 
-    final = MixtralForCausalLM.from_pretrained(run / "final")
+    final = getattr(transformers, spec(moe).hf_model_class).from_pretrained(run / "final")
     experts = final.model.layers[0].mlp.experts.gate_up_proj
     assert not torch.equal(experts[0], experts[1])  # trained apart
 
@@ -201,7 +202,7 @@ def test_init_moe_upcycles_a_pretrained_checkpoint(tmp_path):
     (tmp_path / "corpus.txt").write_text("\n".join(documents(200)) + "\n")
     recipe = tmp_path / "init.grow"
     recipe.write_text(RUN.replace("@4steps M", " M").replace("grow L moe", 'pretrained L = "dense"\ngrow L init-moe')
-                      .format(extra=""))
+                      .format(extra="", dense="llama", moe="mixtral"))
     run = tmp_path / "run"
     result = CliRunner().invoke(app, ["run", str(recipe), "--out", str(run), "--quiet"])
     assert result.exit_code == 0, result.output

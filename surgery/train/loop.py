@@ -202,9 +202,9 @@ class Trainer:
         if declared.descriptor.has_view:
             source = load_checkpoint(seg.init_from)
         else:  # no neutral view (albert, mixtral, qwen2_moe): transformers reads it
-            from surgery.moe import ViewlessCheckpoint as source
+            from surgery.compress import ViewlessCheckpoint
 
-            source = source(seg.init_from)
+            source = ViewlessCheckpoint(seg.init_from)
         if source.spec.model_copy(update={"head": declared.head}) != declared:
             raise SurgeryError(f"pretrained checkpoint {seg.init_from} is {source.spec.describe()}, "
                                f"but the recipe declares {declared.describe()}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from surgery.catalog import COMPRESS_OPS
 from surgery.checkpoints import has_tokenizer, read_config
 from surgery.plan import Plan, TrainStage, plan_and_missing
 from surgery.plan.cost import FLOPS_ASSUMPTION, baseline_flops, stage_cost
@@ -89,6 +90,10 @@ def render(plan: Plan, console) -> None:
             table.add_row(c.name, c.before, c.after, f"{c.params_before:,}", f"{c.params_after:,}", style=style)
         table.add_row("total", "", "", f"{src.params:,}", f"{dst.params:,}", style="bold")
         console.print(table)
+        if plan.train.freeze is not None and stage.op not in COMPRESS_OPS:
+            from surgery.train.freeze import window_text
+
+            console.print(window_text(plan.train.freeze.steps, src, dst))
 
     t = plan.train
     console.print(

@@ -161,3 +161,33 @@ def test_llama_pro_init_expansion_of_a_pretrained_model(tmp_path):
             continue
         added = ".layers.2." in k or ".layers.3." in k
         assert torch.equal(end[k], v) != added, k
+
+
+@pytest.mark.parametrize("family", ["llama", "bert", "t5", "gpt2"])
+@pytest.mark.parametrize("op", ["d(identity)", "d", "f", "a", "l", "dl"])
+def test_old_elements_are_the_sources_count(family, op):
+    """Every source element has one old place in the grown model, as the plan says."""
+    from surgery.families import layout_of_model
+    from surgery.ops import grow_model
+    from surgery.ops.growth import plan_growth
+    from surgery.train.freeze import new_masks, window_text
+    from tests.tiny import model, spec
+
+    src = spec(family)
+    deeper = {"layers": src.layers + 2} | ({"decoder_layers": src.decoder_layers + 1} if src.decoder_layers else {})
+    wider = {"d_model": src.d_model * 2, "heads": src.heads * 2, "d_ff": src.d_ff * 2} | (
+        {"kv_heads": src.kv_heads * 2} if src.kv_heads else {})
+    dims = {"d": deeper, "f": wider, "a": wider, "l": wider, "dl": {**deeper, **wider}}[op.split("(")[0]]
+    dst = spec(family, **dims)
+    grown = grow_model(model(src), src, dst, op.split("(")[0], seed=1,
+                       options={"depth": "identity"} if "identity" in op or op == "dl" else {}).model
+    family_, layout = layout_of_model(grown)
+    options = {"depth": "identity"} if "identity" in op or op == "dl" else {}
+    masks = new_masks(plan_growth(family_, src, dst, op.split("(")[0], layout, grown.config.to_dict(), seed=1,
+                                  options=options))
+    new = 0
+    for name, p in grown.named_parameters():
+        m = masks.get(name, False)
+        new += p.numel() if m is True else 0 if m is False else int(m.sum())
+    assert new == dst.params - src.params
+    assert f"{dst.params - src.params:,} new parameters train" in window_text(5, src, dst)

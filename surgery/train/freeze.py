@@ -75,6 +75,13 @@ def check_freeze(part, stages, settings) -> None:
         raise part.err("freeze=old(...) follows one init- op; this chain has several before training", where)
 
 
+def window_text(steps: int, src, dst) -> str:
+    """What the plan says of a growth's frozen window. Every element of the source has exactly one
+    old place in the grown model (its first copy), so the old parameters are the source's count."""
+    return (f"freeze=old({steps}steps): for {steps} steps {dst.params - src.params:,} new parameters train, "
+            f"{src.params:,} old ones stay as grown")
+
+
 # ---- the run ----------------------------------------------------------------------------------
 def new_masks(plan) -> dict[str, object]:
     """Per transformers tensor name of the grown model: True (all new), False (all old) or a

@@ -151,6 +151,11 @@ COMPRESS_OPS: dict[str, OpInfo] = {
                       "select": ArgInfo("choice", "every-other", ("every-other", "first", "last"),
                                         "a student of the teacher's width starts from these teacher layers: every other (DistilBERT), the first or the last L")},
                      impl="surgery.compress:distil_student", sources=("bert",), targets=("bert",)),
+    "moe": OpInfo(False, None, "sparse upcycling: a dense llama/qwen2 decoder becomes a mixtral/qwen2_moe mixture of experts, every expert a copy of the dense MLP, a fresh router; exactly the dense function (top-k weights renormalised over identical experts)",
+                  {"experts": ArgInfo("int", None, help="experts per layer; must match the target's experts= (optional)", low=2),
+                   "top_k": ArgInfo("int", None, help="experts per token; must match the target's top_k= (optional)", low=1),
+                   "seed": _SEED},
+                  impl="surgery.moe:upcycle", sources=("llama", "qwen2"), targets=("mixtral", "qwen2_moe")),
 }
 
 

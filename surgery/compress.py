@@ -32,7 +32,7 @@ from surgery.errors import SurgeryError
 from surgery.sharing import SHARED_MODULES, shared_kind, tie_shared
 from surgery.spec import ModelSpec
 
-COMPRESS_OPS = ("factorize", "share", "distil")
+COMPRESS_OPS = ("factorize", "share", "distil", "moe")
 
 _BERT_TO_ALBERT_LAYER = {
     "attention.self.query": "attention.query",
@@ -199,8 +199,13 @@ def distil_student(teacher, dst: ModelSpec, select: str = "every-other"):
     return student
 
 
-def compress_model(model, src: ModelSpec, dst: ModelSpec, op: str, options: dict):
-    """Apply a compression op in memory; returns the new model (its own class)."""
+def compress_model(model, src: ModelSpec, dst: ModelSpec, op: str, options: dict, seed: int = 0):
+    """Apply a compression op (or moe, which also changes the family) in memory; returns the new
+    model (its own class)."""
+    if op == "moe":
+        from surgery.moe import upcycle
+
+        return upcycle(model, dst, seed)
     if op == "factorize":
         return factorize(model, dst)
     if op == "share":
@@ -231,3 +236,21 @@ def load_model(path):
     from surgery.io import load_checkpoint
 
     return load_checkpoint(path).model()
+
+
+class ViewlessCheckpoint:
+    """A checkpoint folder of a family without a neutral view (mixtral, qwen2_moe, albert) as the
+    loop's first model reads one: its spec (config.json) and its model (transformers'
+    from_pretrained, the family's quirks applied: surgery.compress.load_model)."""
+
+    def __init__(self, folder):
+        import json
+        from pathlib import Path
+
+        from surgery.spec import ModelSpec
+
+        self.folder = Path(folder)
+        self.spec = ModelSpec.from_hf_config(json.loads((self.folder / "config.json").read_text()))
+
+    def model(self):
+        return load_model(self.folder)

@@ -13,7 +13,7 @@ INT_KEYS = ("layers", "decoder_layers", "d_model", "heads", "kv_heads", "d_ff", 
             "embedding")
 TEXT_KEYS = ("ff", "head", "tie", "share")
 # Ops that make a smaller or differently built model (surgery.compress); the rest grow.
-COMPRESSION_OPS = ("factorize", "share", "distil")
+COMPRESSION_OPS = ("factorize", "share", "distil", "moe")
 
 
 def parse_to(text: str, base: ModelSpec) -> ModelSpec:
@@ -255,6 +255,14 @@ def compress_command(src: Path, *, op: str, to: str, out: Path, console, probe: 
     except ValueError as err:
         raise SurgeryError(f"{src}: {err}") from None
     target = src_spec.model_copy(update={"family": "albert"}) if op in ("factorize", "share") else src_spec
+    options = dict(options or {})
+    if op == "moe":  # moe(experts=E, top_k=k): llama -> mixtral, qwen2 -> qwen2_moe (surgery/moe.py)
+        from surgery.moe import MOE_OF, moe_problem
+
+        if src_spec.family not in MOE_OF:
+            raise SurgeryError(f"--op moe: {moe_problem(src_spec, src_spec, {})[0]}")
+        target = src_spec.model_copy(update={"family": MOE_OF[src_spec.family], "experts": options.pop("experts", 8),
+                                             "top_k": options.pop("top_k", 2)})
     try:
         dst = ModelSpec(**{**target.model_dump(), **parse_to(to, target).model_dump(exclude_unset=True)})
     except ValueError as err:
@@ -263,7 +271,6 @@ def compress_command(src: Path, *, op: str, to: str, out: Path, console, probe: 
     changed = [f"{k} {getattr(src_spec, k)} -> {getattr(dst, k)}" for k in kept if getattr(dst, k) != getattr(src_spec, k)]
     if changed:
         raise SurgeryError(f"--op {op} keeps {', '.join(kept)}; --to changes {', '.join(changed)}")
-    options = dict(options or {})
     if op == "factorize":
         rank = options.pop("rank", None)
         if rank is not None and dst.embedding is not None and dst.embedding != rank:
@@ -282,7 +289,7 @@ def compress_command(src: Path, *, op: str, to: str, out: Path, console, probe: 
             raise SurgeryError(f"--op share({what}) but --to share={said}")
         dst = dst.model_copy(update={"share": what or said or "all"})
     model = load_model(src)
-    small = compress_model(model, src_spec, dst, op, options)
+    small = compress_model(model, src_spec, dst, op, options, seed=options.get("seed", 0))
     with atomic_folder(out) as tmp:
         small.save_pretrained(tmp, safe_serialization=True)
         for name in TOKENIZER_FILES:

@@ -32,7 +32,10 @@ def growth_problem(src: ModelSpec, dst: ModelSpec, depth: bool, width: bool, op:
     """The first reason growth op `op` (changing depth and/or width) cannot turn src into dst;
     `names` are what the models are called in the message."""
     if src.family != dst.family:
-        return f"cannot grow a {src.family} model into a {dst.family} model", "dst"
+        from surgery.moe import MOE_OF
+
+        hint = f"; moe upcycles a {src.family} into a {dst.family}" if MOE_OF.get(src.family) == dst.family else ""
+        return f"cannot grow a {src.family} model into a {dst.family} model{hint}", "dst"
     if src.descriptor.no_growth:
         return src.descriptor.no_growth, "op"
     if src.vocab != dst.vocab:

@@ -31,6 +31,7 @@ Recipe syntax (reference: docs/recipes.md; # starts a comment):
       ckpt_every=1000steps report_to=none|tensorboard|wandb|mlflow
       lr_on_grow=continue|rewarm(500steps)
       optimizer_on_grow=reset|grow
+      freeze=none|old(200steps)     train only what grew, N steps
   train B 5ep ...                 no grow line: the model that trains
   finetune klue-nli(epochs=3), news-summ
 Depth lists: d[0..5 x4] explicit source layers (t5: d[0..5 x2 + 0..5 x2])
@@ -68,7 +69,9 @@ def ops_text() -> list[str]:
     lines.append("Compression ops:")
     for name, op in catalog.COMPRESS_OPS.items():
         args = ", ".join(_arg(a, i) for a, i in op.args.items() if i.kind == "choice")
-        lines += _wrap(f"  {name}", f"({args})" if args else "(E)")
+        if not args:  # factorize(E); moe(experts=E, top_k=k)
+            args = "experts=E, top_k=K" if name == "moe" else "E"
+        lines += _wrap(f"  {name}", f"({args})")
     return lines
 
 

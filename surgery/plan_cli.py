@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from surgery.catalog import COMPRESS_OPS
 from surgery.checkpoints import has_tokenizer, read_config
 from surgery.plan import Plan, TrainStage, plan_and_missing
 from surgery.plan.cost import FLOPS_ASSUMPTION, baseline_flops, fit_cost, op_cost, op_ramp, stage_cost
@@ -50,7 +51,7 @@ def render(plan: Plan, console) -> None:
         models.add_row(
             name, spec.family, spec.layers_text(), str(spec.d_model),
             f"{spec.heads} (kv {spec.kv_heads})" if spec.kv_heads is not None else str(spec.heads), str(spec.head_dim), str(spec.d_ff),
-            str(spec.vocab), f"{spec.params:,}", human_bytes(train_memory_bytes(spec)),
+            str(spec.vocab), f"{spec.params:,}" + (f" ({spec.active_params:,} active per token)" if spec.active_params != spec.params else ""), human_bytes(train_memory_bytes(spec)),
         )
     console.print(models)
     for name, path in plan.checkpoints.items():
@@ -95,6 +96,10 @@ def render(plan: Plan, console) -> None:
         cost = op_cost(plan, stage)
         if cost:
             console.print(f"  {stage.op}: {cost}", soft_wrap=True)
+        if plan.train.freeze is not None and stage.op not in COMPRESS_OPS:
+            from surgery.train.freeze import window_text
+
+            console.print(window_text(plan.train.freeze.steps, src, dst))
 
     t = plan.train
     console.print(
@@ -109,7 +114,9 @@ def render(plan: Plan, console) -> None:
         f"val_every={t.val_every} steps, seed={t.seed}"
     )
     rewarm = f"rewarm({t.lr_on_grow.rewarm.text()})" if t.lr_on_grow.policy == "rewarm" and t.lr_on_grow.rewarm else t.lr_on_grow.policy
-    console.print(f"at growth: lr {rewarm}, optimizer state {t.optimizer_on_grow}")
+    console.print(f"at growth: lr {rewarm}, optimizer state {t.optimizer_on_grow}"
+                  + (f", freeze={t.freeze.text()}: only the growth's new parameters train for {t.freeze.steps} steps"
+                     if t.freeze is not None else ""))
     if t.until:
         console.print(f"stop early when {t.until.metric} {t.until.op} {t.until.value:g}")
     if plan.finetune:

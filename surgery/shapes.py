@@ -142,11 +142,12 @@ def flops_per_token(spec: ModelSpec) -> int:
     For t5 this counts every parameter against every token of the sequence, an upper estimate:
     encoder and decoder actually see the corrupted input and the shorter target respectively.
     ALBERT's shared weights count once per layer that uses them: sharing saves parameters, not
-    compute, so a shared ALBERT costs what the unshared one does.
+    compute, so a shared ALBERT costs what the unshared one does. A mixture of experts counts
+    the parameters a token is routed through (top_k experts per layer, the router, the rest).
     """
     if spec.share != "none":
         return 6 * spec.model_copy(update={"share": "none"}).params
-    return 6 * spec.params
+    return 6 * spec.active_params  # a mixture of experts: its top_k experts per token
 
 
 def train_memory_bytes(spec: ModelSpec) -> int:

@@ -54,6 +54,10 @@ class ModelSpec(BaseModel):
     # surgery/sharing.py for how such a model exists as a transformers model).
     embedding: int | None = None
     share: Literal["none", "all", "attention", "ffn"] = "none"
+    # mixture-of-experts families only (mixtral, qwen2_moe): experts per layer, experts each token
+    # is routed to; the dense families leave them None.
+    experts: int | None = None
+    top_k: int | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "ModelSpec":
@@ -70,7 +74,7 @@ class ModelSpec(BaseModel):
             raise ValueError(f"{self.family} has one stack: write layers=N, not E+D")
         # a field the family does not take must keep its default (a recipe cannot set it)
         for name, arg in (("ff", "ff"), ("head", "head"), ("kv_heads", "kv_heads"), ("embedding", "embedding"),
-                          ("share", "share")):
+                          ("share", "share"), ("experts", "experts"), ("top_k", "top_k")):
             if arg not in family.args and getattr(self, name) != ModelSpec.model_fields[name].default:
                 if name == "head" and "tie" in family.args:
                     continue
@@ -173,6 +177,13 @@ class ModelSpec(BaseModel):
     @property
     def params(self) -> int:
         return sum(self.param_groups().values())
+
+    @property
+    def active_params(self) -> int:
+        """Parameters one token computes with: all of them, but for a mixture of experts only
+        its top_k experts per layer (the family's `active_params`)."""
+        hook = self.descriptor.active_params
+        return hook(self) if hook is not None else self.params
 
     def describe(self) -> str:
         extra = f", d_kv={self.d_kv}" if self.d_kv is not None else ""

@@ -134,6 +134,9 @@ class Family:
     head_note: Callable[["ModelSpec"], str] = lambda spec: "tied"
     # Hand-written tensor groups, for a family without a view (ALBERT); else derived from the view.
     tensor_groups: Callable | None = None
+    # Parameters one token computes with, where not all of them (a mixture of experts: top_k of
+    # its experts); None: every parameter. FLOPs per token count these.
+    active_params: Callable[["ModelSpec"], int] | None = None
     # Tensor names carried over untouched (buffers), as regexes.
     passthrough: tuple[str, ...] = ()
     # Activations `act` with act(z) - act(-z) == z; a post-norm identity block relies on it.

@@ -102,6 +102,10 @@ class _Builder(ModelsPart, SettingsPart, ChainPart):
         final = trained[-1]
         tasks = self.finetune(self.models[final].family, final)
         self._check_objective_with_chain(stages, settings)
+        if settings.freeze is not None:
+            from surgery.train.freeze import check_freeze
+
+            check_freeze(self, stages, settings)
         return Plan(
             name=self.r.name,
             file=self.r.file,

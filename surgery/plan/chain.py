@@ -69,6 +69,13 @@ class ChainPart:
         import dataclasses
 
         args.update(self.op_args(dataclasses.replace(op, args=tuple(args_in)), info))
+        if op.name == "moe":
+            from surgery.moe import moe_problem
+
+            problem = moe_problem(src, dst, args)
+            if problem is not None:
+                raise self.err(f"{where}: {problem[0]}", dst_pos if problem[1] == "dst" else op.pos)
+            return args
         same = ("d_model", "heads", "d_ff", "vocab", "max_positions")
         if op.name != "distil" and (src.family not in info.sources or dst.family not in info.targets):
             raise self.err(f"{where}: {op.name} turns a {' (or '.join(info.sources)}{')' * (len(info.sources) - 1)} model "

@@ -42,7 +42,7 @@ from surgery.recipe import (
 # The train settings a recipe may write (`key=value` after `train`): TrainSettings' fields, less
 # those the statement's clauses set; their kinds, choices and bounds are the fields'.
 _CLAUSE_FIELDS = {"corpus", "corpus_docs", "objective", "budget", "until", "optimizer"}
-_SPECIAL_KINDS = {"val_every": "steps", "ckpt_every": "steps", "lr_on_grow": "lr_on_grow"}
+_SPECIAL_KINDS = {"val_every": "steps", "ckpt_every": "steps", "lr_on_grow": "lr_on_grow", "freeze": "freeze"}
 SETTINGS: dict[str, ArgInfo] = {
     name: ArgInfo(_SPECIAL_KINDS[name]) if name in _SPECIAL_KINDS else field_arg(field)
     for name, field in TrainSettings.model_fields.items() if name not in _CLAUSE_FIELDS
@@ -200,6 +200,10 @@ class SettingsPart:
                 raise self.err(f"{key} is counted in steps, e.g. {key}=1000steps", v.pos)
         elif info.kind == "lr_on_grow":
             values[key] = self._lr_on_grow(v, budget)
+        elif info.kind == "freeze":
+            from surgery.train.freeze import parse_freeze
+
+            values[key] = parse_freeze(self, v)
         else:
             if info.kind in ("int", "float") and not isinstance(v, Number):
                 what = "a whole number" if info.kind == "int" else "a number"

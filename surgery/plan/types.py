@@ -114,6 +114,16 @@ class LrOnGrow(BaseModel):
     rewarm: Point | None = None
 
 
+class FreezeOld(BaseModel):
+    """`freeze=old(N steps)`: for N optimizer steps after each growth only the parameters the
+    growth made new train; the rest stay bit-equal (surgery/train/freeze.py, docs/training.md)."""
+
+    steps: int = Field(gt=0)
+
+    def text(self) -> str:
+        return f"old({self.steps}steps)"
+
+
 class TrainSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -135,6 +145,7 @@ class TrainSettings(BaseModel):
     steps_per_epoch: int | None = Field(None, gt=0)  # planning only: converts units, FLOPs
     lr_on_grow: LrOnGrow = LrOnGrow()
     optimizer_on_grow: Literal["reset", "grow"] = "reset"
+    freeze: FreezeOld | None = None  # None: everything trains after a growth
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # full-sentences: blocks packed across documents (separator between them); doc-sentences:
     # blocks never cross a document boundary (RoBERTa's two input formats). None: the

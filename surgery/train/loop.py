@@ -202,7 +202,12 @@ class Trainer:
         declared = seg.init_spec or seg.spec
         if seg.init_chain:
             declared = seg.init_chain[0][1]
-        source = load_checkpoint(seg.init_from)
+        if declared.descriptor.has_view:
+            source = load_checkpoint(seg.init_from)
+        else:  # no neutral view (albert, mixtral, qwen2_moe): transformers reads it
+            from surgery.compress import ViewlessCheckpoint
+
+            source = ViewlessCheckpoint(seg.init_from)
         if source.spec.model_copy(update={"head": declared.head}) != declared:
             raise SurgeryError(f"pretrained checkpoint {seg.init_from} is {source.spec.describe()}, "
                                f"but the recipe declares {declared.describe()}")
@@ -222,7 +227,7 @@ class Trainer:
 
         if growth.op not in COMPRESS_OPS:
             return grow_model(model, src_spec, dst_spec, growth.op, seed=seed, options=growth.options).model
-        new = compress_model(model.cpu(), src_spec, dst_spec, growth.op, growth.options)
+        new = compress_model(model.cpu(), src_spec, dst_spec, growth.op, growth.options, seed=seed)
         if growth.op == "distil":
             self.distil = self._distil_loss(model, new, growth.options)
         return new
@@ -457,6 +462,9 @@ class Trainer:
         # stage (and its DDP buckets) would stay alive beside the grown one.
         self.acc.free_memory()
         model, optimizer = self.acc.prepare(model, optimizer)
+        from surgery.train.freeze import freezer_for  # freeze=old(N steps): only new parameters train
+
+        self.freezer = freezer_for(self, index, model, st.step)
         if grown or (st.step == seg_start and index == 0 and not self.metrics.rows):
             vl = self.validate(model)
             self.log({"stage": index, "model": seg.name, "step": st.step, "tokens": st.tokens,
@@ -472,7 +480,12 @@ class Trainer:
         from surgery.ops import grow_model
 
         if growth.op in COMPRESS_OPS:
-            return self.transform(model, src_spec, dst_spec, growth, seed), None
+            new = self.transform(model, src_spec, dst_spec, growth, seed)
+            if growth.op == "moe" and opt_state:  # every expert takes its dense MLP's moments
+                from surgery.moe import upcycle_optimizer_state
+
+                return new, upcycle_optimizer_state(opt_state, dst_spec)
+            return new, None
         if growth.op == "ligo":  # fitted on the run's batches; AdamW restarts (surgery/train/ligo_fit.py)
             from surgery.train.ligo_fit import fit_in_run
 
@@ -542,12 +555,16 @@ class Trainer:
                     if p.grad is not None:
                         torch.distributed.all_reduce(p.grad)
                         p.grad /= n
+            if self.freezer is not None:
+                self.freezer.before_step(st.step)
             norm = None
             if self.s.max_grad_norm:
                 params = list(model.parameters()) + (list(self.aux.parameters()) if self.aux is not None else [])
                 norm = self.acc.clip_grad_norm_(params, self.s.max_grad_norm)
             self.watch(st.step + 1, step_loss, norm)
             optimizer.step()
+            if self.freezer is not None:
+                self.freezer.after_step(st.step)
             optimizer.zero_grad(set_to_none=True)
             st.step += 1
             if self.msg is not None and self.msg.done(st.step):  # masks at 1: the plain model

@@ -99,6 +99,8 @@ class RunSettings:
     max_grad_norm: float = 1.0
     val_fraction: float = 0.005
     packing: str = "full-sentences"  # or "doc-sentences": blocks never cross a document
+    # freeze=old(N steps): after each growth, N steps in which only new parameters train (0: none)
+    freeze_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -177,5 +179,6 @@ def compile_plan(plan) -> tuple[list[Segment], RunSettings]:
         until_val_loss=t.until.value if t.until else None, until_strict=bool(t.until and t.until.op == "<"),
         max_grad_norm=opt.max_grad_norm, val_fraction=t.val_fraction,
         packing=t.packing or ("doc-sentences" if t.objective.name == "sop" else "full-sentences"),
+        freeze_steps=t.freeze.steps if t.freeze is not None else 0,
     )
     return segments, settings

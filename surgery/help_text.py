@@ -31,6 +31,7 @@ Recipe syntax (reference: docs/recipes.md; # starts a comment):
       ckpt_every=1000steps report_to=none|tensorboard|wandb|mlflow
       lr_on_grow=continue|rewarm(500steps)
       optimizer_on_grow=reset|grow
+      parallel=ddp|fsdp           several processes: whole copies or shards
   train B 5ep ...                 no grow line: the model that trains
   finetune klue-nli(epochs=3), news-summ
 Depth lists: d[0..5 x4] explicit source layers (t5: d[0..5 x2 + 0..5 x2])

@@ -30,6 +30,7 @@ from surgery.checkpoints import carry_files, has_tokenizer
 from surgery.errors import SurgeryError
 from surgery.families.build import with_pretraining_head
 from surgery.train import checkpoint as ckpt
+from surgery.train import sharding
 from surgery.train.console import RunConsole, fmt_loss
 from surgery.train.corpus import load_documents, resolve_corpus
 from surgery.train.data import (
@@ -128,6 +129,8 @@ class Trainer:
         if settings.batch_size < self.n:
             raise SurgeryError(f"batch_size={settings.batch_size} is smaller than the {self.n} processes: "
                                f"every process needs at least one row of each batch")
+        # parallel=fsdp under several processes: parameters and AdamW state sharded (sharding.py)
+        self.sharded = settings.parallel == "fsdp" and self.n > 1
         self.saved_state: dict | None = None  # the state the latest checkpoint holds (all ranks agree)
         self.ui = console or RunConsole(quiet=quiet)
         self.val_losses: list[float] = []  # every validation so far, to say what a growth changed
@@ -259,6 +262,9 @@ class Trainer:
         self.aux_is_distil = self.distil is not None
         if self.aux is not None and aux_weights is not None:
             self.aux.load_state_dict(aux_weights)
+        if self.aux is not None and self.sharded:
+            raise SurgeryError("parallel=fsdp shards the model only: objectives with modules beside it "
+                               "(span(sbo=true), electra) and distillation need parallel=ddp")
         if self.aux is not None:
             self.aux.to(self.acc.device).train()
 
@@ -301,11 +307,16 @@ class Trainer:
 
     def save_stage(self, model, seg: Segment, index: int) -> Path:
         folder = self.stage_dir(seg, index)
+        tmp = folder.with_name(folder.name + ".tmp")
+        if self.sharded and sharding.is_sharded(model):  # every rank gathers, the first writes
+            if self.main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            sharding.save_pretrained(model, tmp, self.main)
         if not self.acc.is_main_process:
             return folder
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.acc.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+        if not (self.sharded and sharding.is_sharded(model)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.acc.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
         self.tokenizer.save_pretrained(tmp)
         source = self.segments[0].init_from
         if source is not None:  # files of the pretrained folder surgery does not write (sentence-transformers')
@@ -434,12 +445,14 @@ class Trainer:
             self.aux_opt = {}
             return model, index, None
         model = model.to(self.acc.device)
+        if self.sharded:
+            model = sharding.shard(model, self.acc.device)
         model.train()
         self.stage_aux(model, self.aux_weights)
         self.aux_weights = None
         optimizer = make_optimizer(model, self.s, self.aux)
         if self.opt_state:
-            ckpt.load_optimizer_state(optimizer, model, self.opt_state)
+            (sharding if self.sharded else ckpt).load_optimizer_state(optimizer, model, self.opt_state)
         if self.aux is not None and self.aux_opt:
             ckpt.load_optimizer_state(optimizer, self.aux, self.aux_opt)
         self.aux_opt = {}  # only the resumed stage continues from the checkpoint
@@ -449,7 +462,8 @@ class Trainer:
         # Accelerate keeps every prepared model and optimizer; the small model of the previous
         # stage (and its DDP buckets) would stay alive beside the grown one.
         self.acc.free_memory()
-        model, optimizer = self.acc.prepare(model, optimizer)
+        if not self.sharded:  # sharded: FSDP2 is the wrapper (Accelerate would add DDP)
+            model, optimizer = self.acc.prepare(model, optimizer)
         if grown or (st.step == seg_start and index == 0 and not self.metrics.rows):
             vl = self.validate(model)
             self.log({"stage": index, "model": seg.name, "step": st.step, "tokens": st.tokens,
@@ -466,6 +480,8 @@ class Trainer:
 
         if growth.op in COMPRESS_OPS:
             return self.transform(model, src_spec, dst_spec, growth, seed), None
+        if self.sharded and sharding.is_sharded(model):  # tensor by tensor, never the whole model
+            return sharding.grow(model, src_spec, dst_spec, growth.op, seed, growth.options, opt_state, self.acc.device)
         result = grow_model(model.cpu(), src_spec, dst_spec, growth.op, seed=seed, options=growth.options)
         return result.model, (result.grow_optimizer_state(opt_state) if opt_state else None)
 
@@ -532,7 +548,8 @@ class Trainer:
             norm = None
             if self.s.max_grad_norm:
                 params = list(model.parameters()) + (list(self.aux.parameters()) if self.aux is not None else [])
-                norm = self.acc.clip_grad_norm_(params, self.s.max_grad_norm)
+                clip = sharding.clip_grad_norm_ if self.sharded else self.acc.clip_grad_norm_
+                norm = clip(params, self.s.max_grad_norm)
             self.watch(st.step + 1, step_loss, norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -607,10 +624,14 @@ class Trainer:
         ok = True
         if self.saved_state == {**asdict(st), "wall_s": None}:
             return True  # a signal right after a checkpoint: it already holds this very state
-        if self.main:
+        if self.main or self.sharded:
             try:
-                ckpt.save_checkpoint(self.out / "checkpoints", st.step, self.acc.unwrap_model(model), optimizer,
-                                     asdict(st), aux=self.aux)
+                if self.sharded:  # every rank gathers tensor by tensor, the first writes
+                    sharding.save_checkpoint(self.out / "checkpoints", st.step, model, optimizer, asdict(st),
+                                             self.main)
+                else:
+                    ckpt.save_checkpoint(self.out / "checkpoints", st.step, self.acc.unwrap_model(model), optimizer,
+                                         asdict(st), aux=self.aux)
             except (OSError, SafetensorError) as err:
                 ok = False
                 kept = ckpt.latest_checkpoint(self.out / "checkpoints")

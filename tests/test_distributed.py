@@ -137,6 +137,86 @@ def test_a_two_process_checkpoint_resumes_with_one_process(runs):
     assert max(abs(a - b) for (_, _, a), (_, _, b) in zip(got, reference)) <= 1e-4
 
 
+# -- sharded (parallel=fsdp) ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fsdp_runs(runs):
+    """The same recipe with --parallel fsdp on 2 ranks; and one killed after its first checkpoint
+    and resumed (with FSDP)."""
+    root = runs["two"][1].parent
+    recipe = root / "tiny.grow"
+    fsdp = two(recipe, root / "fsdp", "--parallel", "fsdp")
+    assert fsdp.returncode == 0, fsdp.stderr[-3000:]
+    killed = root / "fsdp-killed"
+    proc = subprocess.Popen(two_cmd(recipe, killed, "--parallel", "fsdp"), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + TIMEOUT
+    while not (killed / "checkpoints" / "latest").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists(), "the run ended before it could be killed"
+    # The killed workers may take a moment to die and drop the run folder's lock.
+    from filelock import FileLock
+
+    from surgery.run_cli import LOCK
+
+    with FileLock(killed / LOCK, timeout=60):
+        pass
+    resumed = two(recipe, killed, "--resume", "--parallel", "fsdp")
+    return {"fsdp": (fsdp, root / "fsdp"), "resumed": (resumed, killed)}
+
+
+def test_sharded_run_trains_as_the_ddp_run(runs, fsdp_runs):
+    """parallel=fsdp (FSDP2, 2 CPU ranks): the DDP run's validation and train losses within 1e-4,
+    through both growths (one of them dl), grown tensor by tensor on the shards."""
+    ddp, fsdp = val_losses(runs["two"][1]), val_losses(fsdp_runs["fsdp"][1])
+    assert [(s, m) for s, m, _ in ddp] == [(s, m) for s, m, _ in fsdp]
+    assert {m for _, m, _ in fsdp} == {"T", "S", "B"}
+    assert max(abs(a - b) for (_, _, a), (_, _, b) in zip(ddp, fsdp)) <= 1e-4
+    rows = [[json.loads(l) for l in (r / "metrics.jsonl").read_text().splitlines()]
+            for r in (runs["two"][1], fsdp_runs["fsdp"][1])]
+    train = [(a["train_loss"], b["train_loss"]) for a, b in zip(*rows) if a.get("train_loss") is not None]
+    assert train and max(abs(a - b) for a, b in train) <= 1e-4
+
+
+def test_sharded_run_writes_from_pretrained_folders(runs, fsdp_runs):
+    from transformers import T5ForConditionalGeneration
+
+    run = fsdp_runs["fsdp"][1]
+    for folder in ("stages/0-T", "stages/1-S", "stages/2-B", "final"):
+        assert (run / folder / "config.json").exists() and (run / folder / "model.safetensors").exists()
+    model = T5ForConditionalGeneration.from_pretrained(run / "final")
+    assert model.config.num_layers == 3 and model.config.d_model == 64
+    a, b = weights(runs["two"][1]), weights(run)
+    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-4
+    assert (run / "checkpoints" / "latest").exists()
+    ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    assert (ckpt / "optimizer.safetensors").exists() and (ckpt / "model" / "model.safetensors").exists()
+
+
+def test_a_killed_sharded_run_resumes_to_the_same_weights(fsdp_runs):
+    result, run = fsdp_runs["resumed"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("resuming") == 1
+    a, b = weights(fsdp_runs["fsdp"][1]), weights(run)
+    assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+    assert val_losses(run) == val_losses(fsdp_runs["fsdp"][1])
+
+
+def test_sharded_growth_makes_the_whole_models_tensors_and_moments(tmp_path):
+    """surgery.train.sharding.grow on 2 ranks: every grown tensor and both AdamW moments equal
+    grow_model + grow_optimizer_state of the same model whole (t5 and bert, depth with each width
+    op, rows that do not split evenly); the streamed stage folder reads back the same."""
+    cases = ["t5:dl", "t5:df", "bert:dl", "bert:da"]
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(Path(__file__).with_name("fsdp_grow_worker.py")), str(tmp_path), *cases],
+                         env=dict(ENV, PYTHONPATH=str(Path(__file__).parents[1])), capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [l for l in out.stdout.splitlines() if l.strip()] == [f"{c} OK" for c in cases]
+
+
 # -- launchers and threads (no training) ---------------------------------------------------------
 
 def _in_child(code: str, parent_args: list[str], env: dict) -> str:

@@ -308,13 +308,16 @@ class Trainer:
     def save_stage(self, model, seg: Segment, index: int) -> Path:
         folder = self.stage_dir(seg, index)
         tmp = folder.with_name(folder.name + ".tmp")
-        if self.sharded and sharding.is_sharded(model):  # every rank gathers, the first writes
+        sharded = self.sharded and sharding.is_sharded(model)
+        if sharded:  # every rank gathers, the first writes; all go on once the folder is there
             if self.main:
                 shutil.rmtree(tmp, ignore_errors=True)
             sharding.save_pretrained(model, tmp, self.main)
+            if not self.main:
+                self.acc.wait_for_everyone()
         if not self.acc.is_main_process:
             return folder
-        if not (self.sharded and sharding.is_sharded(model)):
+        if not sharded:
             shutil.rmtree(tmp, ignore_errors=True)
             self.acc.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
         self.tokenizer.save_pretrained(tmp)
@@ -329,6 +332,8 @@ class Trainer:
             save_file(ckpt.module_tensors(self.aux), tmp / "objective" / f"{name}_heads.safetensors")
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
+        if sharded:
+            self.acc.wait_for_everyone()
         return folder
 
     # -- the run ------------------------------------------------------------------------------

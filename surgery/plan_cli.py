@@ -104,6 +104,8 @@ def render(plan: Plan, console) -> None:
     )
     rewarm = f"rewarm({t.lr_on_grow.rewarm.text()})" if t.lr_on_grow.policy == "rewarm" and t.lr_on_grow.rewarm else t.lr_on_grow.policy
     console.print(f"at growth: lr {rewarm}, optimizer state {t.optimizer_on_grow}")
+    if t.parallel == "fsdp":
+        console.print("several processes: fsdp (parameters and AdamW state sharded over them; growth tensor by tensor)")
     if t.until:
         console.print(f"stop early when {t.until.metric} {t.until.op} {t.until.value:g}")
     if plan.finetune:

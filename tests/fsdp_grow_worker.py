@@ -1,7 +1,8 @@
 """Run under torchrun (2 CPU processes): grow a sharded model with its AdamW state by
 surgery.train.sharding.grow and compare every tensor with grow_model + grow_optimizer_state of the
 same model whole; then write the sharded model as a from_pretrained folder and read it back.
-Prints OK on the first rank when everything matches exactly. argv: out_dir family:op ..."""
+Then writes a checkpoint of the grown model and its AdamW state and reads it back as each rank's
+rows (what a sharded resume does). Prints OK on the first rank when everything matches exactly. argv: out_dir family:op ..."""
 
 import sys
 from pathlib import Path
@@ -80,7 +81,20 @@ def check(family: str, op: str, out: Path) -> list[str]:
     if abs(float(a) - float(b)) > 1e-5:
         bad.append(f"loss {float(a)} != {float(b)}")
     sharding.save_pretrained(new, out, rank == 0)
+    # A checkpoint of the grown model and its AdamW, read back as each rank's rows (resume).
+    new_opt = make_optimizer(new, RunSettings())
+    sharding.load_optimizer_state(new_opt, new, new_state)
+    sharding.save_checkpoint(out.parent / (out.name + "-ckpt"), 7, new, new_opt, {"step": 7}, rank == 0)
     dist.barrier()
+    latest = out.parent / (out.name + "-ckpt") / "ckpt-00000007"
+    back = sharding.load_model(latest / "model", torch.device("cpu"))
+    back_state = sharding.read_optimizer_rows(latest / "optimizer.safetensors", back)
+    for n, p in back.named_parameters():
+        if not torch.equal(full(p.detach()), ref_sd[n]):
+            bad.append(f"resumed {n}")
+        for k in ("exp_avg", "exp_avg_sq"):
+            if not torch.equal(full(back_state[n][k]), ref_state[n][k]):
+                bad.append(f"resumed {n}::{k}")
     if rank == 0:
         from surgery.compress import load_model
 

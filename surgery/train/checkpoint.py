@@ -105,11 +105,11 @@ def read_state(path: Path) -> dict:
     return json.loads((path / "trainer_state.json").read_text())
 
 
-def read_checkpoint(path: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
-    """(trainer state, optimizer state by parameter name, rng states)."""
+def read_checkpoint(path: Path, optimizer: bool = True) -> tuple[dict, dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """(trainer state, optimizer state by parameter name ({} when not `optimizer`), rng states)."""
     state = json.loads((path / "trainer_state.json").read_text())
     opt_file = path / "optimizer.safetensors"
-    opt = _unflatten(load_file(opt_file)) if opt_file.exists() else {}
+    opt = _unflatten(load_file(opt_file)) if optimizer and opt_file.exists() else {}
     return state, opt, load_file(path / "rng.safetensors")
 
 

@@ -414,10 +414,15 @@ class Trainer:
             raise SurgeryError(f"--resume: no complete checkpoint in {root}; run without --resume to start afresh")
         from surgery.compress import load_model
 
-        raw, self.opt_state, self.rng = ckpt.read_checkpoint(latest)
+        rows = self.sharded and sharding.can_load(latest / "model")  # each rank reads its rows only
+        raw, self.opt_state, self.rng = ckpt.read_checkpoint(latest, optimizer=not rows)
         st = TrainState.of(raw)
         self.saved_state = {**asdict(st), "wall_s": None}
-        model = load_model(latest / "model")
+        if rows:
+            model = sharding.load_model(latest / "model", self.acc.device)
+            self.opt_state = sharding.read_optimizer_rows(latest / "optimizer.safetensors", model)
+        else:
+            model = load_model(latest / "model")
         self.aux_weights, self.aux_opt = ckpt.read_aux(latest)
         self.restore_teacher(st.segment, model)
         self.ui.line(f"resuming {escape(str(self.out))} at step {st.step} of {self.total} "

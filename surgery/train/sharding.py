@@ -15,8 +15,8 @@ loop drives them as it drives DDP, except where a whole tensor is needed:
   all-gather and the first rank writes it into a safetensors file laid out in advance
   (surgery.io.write_tensors), so it holds one full tensor at a time. A checkpoint written by
   FSDP resumes under DDP, one process or FSDP with any process count.
-- **resume** reads the checkpoint's model whole on every rank, then shards it (what is missing:
-  reading each rank's rows only).
+- **resume** builds the model on the meta device, shards it, and each rank reads only its rows
+  of each tensor (and of each AdamW moment) from the checkpoint's files.
 
 Gradient clipping sums the squared local shards and all-reduces the sum (`clip_grad_norm_`).
 """
@@ -227,6 +227,105 @@ def load_optimizer_state(optimizer, model, state: dict[str, dict]) -> None:
         if name in state:
             optimizer.state[p] = {k: (v.clone() if k == "step" or isinstance(v, DTensor) else _as_shard(v, p))
                                   for k, v in state[name].items()}
+
+
+# -- reading a checkpoint's rows --------------------------------------------------------------
+
+def _my_rows(n: int, like) -> tuple[int, int]:
+    """The rows [start, stop) of an n-row tensor this rank holds, as FSDP2 splits dim 0 (torch.chunk)."""
+    world, rank = like.device_mesh.size(), like.device_mesh.get_local_rank()
+    chunk = -(-n // world)
+    start = min(n, rank * chunk)
+    return start, min(n, start + chunk)
+
+
+def _read_rows(info, like) -> torch.Tensor:
+    """This rank's rows of a stored tensor (TensorInfo), read from the file alone."""
+    from surgery.io import _DTYPES
+
+    dtype = _DTYPES[info.dtype]
+    if not info.shape:
+        (start, stop), row_elems = (0, 1), 1
+    else:
+        start, stop = _my_rows(info.shape[0], like)
+        row_elems = 1
+        for d in info.shape[1:]:
+            row_elems *= d
+    elem = torch.empty((), dtype=dtype).element_size()
+    nbytes = (stop - start) * row_elems * elem
+    buf = torch.empty(nbytes, dtype=torch.uint8)
+    if nbytes:
+        with open(info.file, "rb", buffering=0) as f:
+            f.seek(info.start + start * row_elems * elem)
+            if f.readinto(memoryview(buf.numpy())) != nbytes:
+                raise SurgeryError(f"{info.file}: truncated while reading {info.name}")
+    out = buf.view(dtype)
+    return out.reshape(()) if not info.shape else out.reshape((stop - start, *info.shape[1:]))
+
+
+def _rows_as_shard(info, like):
+    local = _read_rows(info, like).to(like.dtype)
+    if tuple(local.shape) != tuple(like.to_local().shape):
+        raise SurgeryError(f"{info.name}: rows {tuple(local.shape)} do not fit the shard {tuple(like.to_local().shape)}")
+    return _dtensor().from_local(local.to(like.device), like.device_mesh, like.placements, run_check=False,
+                                 shape=like.shape, stride=like.stride())
+
+
+def can_load(folder: Path) -> bool:
+    from surgery.families import FAMILIES
+
+    import json
+
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    family = FAMILIES.get(cfg.get("model_type"))
+    return family is not None and family.has_view
+
+
+def load_model(folder: Path, device: torch.device):
+    """A from_pretrained folder as a sharded model, each rank reading only its rows of each tensor
+    (a meta model, sharded, then filled from the files)."""
+    import transformers
+
+    from surgery.io import load_checkpoint
+
+    ck = load_checkpoint(folder)
+    info = ShardInfo(getattr(transformers, ck.layout.model_class), ck.family, ck.layout)
+    new = _meta_model(info, ck.config)
+    buffers = {n: b.clone() for n, b in new.named_buffers()}
+    shard(new, device, info, ck.spec)
+    new.to_empty(device=device)
+    by_hf = ck.family.view(ck.spec, ck.layout).by_hf()
+    with torch.no_grad():
+        for n, b in buffers.items():
+            new.get_buffer(n).copy_(b)
+        for name, p in new.named_parameters():
+            slot = by_hf.get(name)
+            names = (slot.hf, *slot.aliases) if slot is not None else (name,)
+            stored = next((x for x in (name, *names) if x in ck), None)
+            if stored is None:
+                raise SurgeryError(f"{folder}: no tensor for {name}")
+            p.to_local().copy_(_read_rows(ck.tensors[stored], p).to(p.dtype))
+    return new
+
+
+def read_optimizer_rows(path: Path, model) -> dict[str, dict]:
+    """A checkpoint's optimizer.safetensors (AdamW state by parameter name) as this rank's shards."""
+    from surgery.headers import read_headers
+
+    if not Path(path).exists():
+        return {}
+    tensors = read_headers([Path(path)])
+    out: dict[str, dict] = {}
+    for name, p in model.named_parameters():
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            info = tensors.get(f"{name}::{key}")
+            if info is None:
+                continue
+            if key == "step" or not info.shape:
+                out.setdefault(name, {})[key] = _read_rows(info, p).clone()
+            else:
+                out.setdefault(name, {})[key] = _rows_as_shard(info, p)
+    return out
 
 
 # -- training ---------------------------------------------------------------------------------

@@ -59,6 +59,39 @@ def weights(run: Path) -> dict:
     return load_file(run / "final" / "model.safetensors")
 
 
+def kill_launch(proc: subprocess.Popen) -> None:
+    """SIGKILL a torchrun launch: its workers (torchrun starts each in a session of its own, so a
+    signal to torchrun's process group does not reach them), then torchrun; then wait until the
+    run folder's lock is free (the workers are gone)."""
+    def children(pid: int) -> list[int]:
+        out = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == pid:
+                out += [int(stat.parent.name)] + children(int(stat.parent.name))
+        return out
+
+    for pid in children(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def wait_unlocked(run: Path) -> None:
+    from filelock import FileLock
+
+    from surgery.run_cli import LOCK
+
+    with FileLock(run / LOCK, timeout=60):
+        pass
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     import torch
@@ -86,9 +119,9 @@ def runs(tmp_path_factory):
     deadline = time.time() + TIMEOUT
     while not (killed / "checkpoints" / "latest").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_launch(proc)
     assert not (killed / "summary.json").exists(), "the run ended before it could be killed"
+    wait_unlocked(killed)
     shutil.copytree(killed, root / "killed-one")
     resumed_two = two(recipe, killed, "--resume")
     resumed_one = one(recipe, root / "killed-one", "--resume")
@@ -121,6 +154,7 @@ def test_a_killed_two_process_run_resumes_to_the_same_weights(runs):
     result, run = runs["resumed_two"]
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("resuming") == 1
+    assert " at step 24 " not in result.stdout  # killed mid-run
     a, b = weights(runs["two"][1]), weights(run)
     assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
     lines = (run / "metrics.jsonl").read_text().splitlines()
@@ -142,7 +176,7 @@ def test_a_two_process_checkpoint_resumes_with_one_process(runs):
 @pytest.fixture(scope="module")
 def fsdp_runs(runs):
     """The same recipe with --parallel fsdp on 2 ranks; and one killed after its first checkpoint
-    and resumed (with FSDP)."""
+    and resumed, with FSDP on 2 ranks and (a copy) with one process."""
     root = runs["two"][1].parent
     recipe = root / "tiny.grow"
     fsdp = two(recipe, root / "fsdp", "--parallel", "fsdp")
@@ -153,18 +187,14 @@ def fsdp_runs(runs):
     deadline = time.time() + TIMEOUT
     while not (killed / "checkpoints" / "latest").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_launch(proc)
     assert not (killed / "summary.json").exists(), "the run ended before it could be killed"
-    # The killed workers may take a moment to die and drop the run folder's lock.
-    from filelock import FileLock
-
-    from surgery.run_cli import LOCK
-
-    with FileLock(killed / LOCK, timeout=60):
-        pass
+    wait_unlocked(killed)
+    shutil.copytree(killed, root / "fsdp-killed-one")
     resumed = two(recipe, killed, "--resume", "--parallel", "fsdp")
-    return {"fsdp": (fsdp, root / "fsdp"), "resumed": (resumed, killed)}
+    resumed_one = one(recipe, root / "fsdp-killed-one", "--resume")
+    return {"fsdp": (fsdp, root / "fsdp"), "resumed": (resumed, killed),
+            "resumed_one": (resumed_one, root / "fsdp-killed-one")}
 
 
 def test_sharded_run_trains_as_the_ddp_run(runs, fsdp_runs):
@@ -199,9 +229,18 @@ def test_a_killed_sharded_run_resumes_to_the_same_weights(fsdp_runs):
     result, run = fsdp_runs["resumed"]
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("resuming") == 1
+    assert "resuming" in result.stdout and " at step 24 " not in result.stdout  # killed mid-run
     a, b = weights(fsdp_runs["fsdp"][1]), weights(run)
     assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
     assert val_losses(run) == val_losses(fsdp_runs["fsdp"][1])
+
+
+def test_a_sharded_checkpoint_resumes_with_one_process(fsdp_runs):
+    result, run = fsdp_runs["resumed_one"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    reference, got = val_losses(fsdp_runs["fsdp"][1]), val_losses(run)
+    assert [(s, m) for s, m, _ in got] == [(s, m) for s, m, _ in reference]
+    assert max(abs(a - b) for (_, _, a), (_, _, b) in zip(got, reference)) <= 1e-4
 
 
 def test_sharded_growth_makes_the_whole_models_tensors_and_moments(tmp_path):

@@ -328,7 +328,7 @@ def sharded_problem(stages: list, objective: str) -> str | None:
     for s in stages:
         if isinstance(s, GrowStage) and s.op in catalog.COMPRESS_OPS:
             what = ("distillation keeps a teacher model beside the student" if s.op == "distil" else
-                    f"{s.op} builds new tensors from several source tensors at once")
+                    f"{s.op} works on the whole model in memory, with no per-tensor path")
             return f"parallel=fsdp does not support the {s.op} op ({what}); use parallel=ddp"
     why = catalog.OBJECTIVES_WITH_AUX.get(objective)
     if why is not None:

@@ -319,3 +319,21 @@ def test_uneven_rows_masked_tokens_and_an_objective_head_train_as_one_process(tm
     a, b = val_losses(tmp_path / "one"), val_losses(tmp_path / "two")
     assert len(a) == len(b) == 6 and [x[:2] for x in a] == [x[:2] for x in b]
     assert max(abs(x[2] - y[2]) for x, y in zip(a, b)) <= 1e-4
+
+
+def test_parallel_fsdp_on_the_command_line_refuses_what_the_plan_would(tmp_path):
+    """--parallel fsdp overrides the recipe's setting and refuses, as the plan does, what sharding
+    does not support (here a distillation op), before any training; a wrong value is named."""
+    from surgery.errors import SurgeryError
+    from surgery.run_cli import run_command
+
+    (tmp_path / "corpus.txt").write_text("\n".join(documents(50)) + "\n")
+    recipe = tmp_path / "d.grow"
+    recipe.write_text('model T = bert(layers=2, d_model=32, heads=4, d_ff=64, vocab=300)\n'
+                      'model S = bert(layers=1, d_model=32, heads=4, d_ff=64, vocab=300)\n'
+                      'grow T distil@2steps S\ntrain 4steps on "corpus.txt"\n    objective mlm\n    batch_size=4\n')
+    with pytest.raises(SurgeryError, match=r"--parallel fsdp: parallel=fsdp does not support the distil op"):
+        run_command(recipe, out=tmp_path / "run", finetune=False, quiet=True, parallel="fsdp")
+    with pytest.raises(SurgeryError, match=r"--parallel must be one of ddp, fsdp"):
+        run_command(recipe, out=tmp_path / "run", finetune=False, quiet=True, parallel="zero3")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

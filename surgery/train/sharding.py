@@ -272,9 +272,9 @@ def _rows_as_shard(info, like):
 
 
 def can_load(folder: Path) -> bool:
-    from surgery.families import FAMILIES
-
     import json
+
+    from surgery.families import FAMILIES
 
     cfg = json.loads((Path(folder) / "config.json").read_text())
     family = FAMILIES.get(cfg.get("model_type"))

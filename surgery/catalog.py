@@ -245,6 +245,9 @@ OBJECTIVE_ARG_FAMILIES = {"span": {"sbo": ("bert",)}}
 # growth); sop's pretraining class is not grown at all.
 OBJECTIVES_WITHOUT_GROWTH = {"electra": "the ELECTRA generator and RTD head", "sop": "the sentence-order head",
                             "span(sbo=true)": "the span-boundary head"}
+# Objectives that train modules beside the model (reading its embeddings between its forwards):
+# parallel=fsdp shards the model only, so they are refused there.
+OBJECTIVES_WITH_AUX = {"electra": "the ELECTRA generator and RTD head", "span(sbo=true)": "the span-boundary head"}
 
 # A recipe's `finetune task(...)` arguments: name -> (FinetuneParams field, help). Types and bounds
 # come from that field (surgery/finetune/params.py), so plan and fine-tuning accept the same values.

@@ -74,13 +74,17 @@ def run(
     seed: Optional[int] = typer.Option(
         None, "--seed", help="Override the recipe's training seed (init, data order, masks); validation batches stay the recipe's."
     ),
+    parallel: Optional[str] = typer.Option(
+        None, "--parallel", help="Several processes: ddp (each holds the whole model) or fsdp (parameters and AdamW "
+        "state sharded); default: the recipe's parallel."
+    ),
 ):
     """End to end: tokenizer, data, pretraining with growth, checkpoints, fine-tuning, report."""
     with user_errors():
         from surgery.run_cli import run_command
 
         run_command(recipe, out=out, resume=resume, dry_run=dry_run, finetune=not no_finetune, quiet=quiet,
-                    seed=seed, overwrite=overwrite, report_to=report_to)
+                    seed=seed, overwrite=overwrite, report_to=report_to, parallel=parallel)
 
 
 @app.command()

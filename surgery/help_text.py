@@ -32,6 +32,7 @@ Recipe syntax (reference: docs/recipes.md; # starts a comment):
       lr_on_grow=continue|rewarm(500steps)
       optimizer_on_grow=reset|grow
       freeze=none|old(200steps)     train only what grew, N steps
+      parallel=ddp|fsdp           several processes: whole copies or shards
   train B 5ep ...                 no grow line: the model that trains
   finetune klue-nli(epochs=3), news-summ
 Depth lists: d[0..5 x4] explicit source layers (t5: d[0..5 x2 + 0..5 x2])

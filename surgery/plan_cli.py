@@ -117,6 +117,8 @@ def render(plan: Plan, console) -> None:
     console.print(f"at growth: lr {rewarm}, optimizer state {t.optimizer_on_grow}"
                   + (f", freeze={t.freeze.text()}: only the growth's new parameters train for {t.freeze.steps} steps"
                      if t.freeze is not None else ""))
+    if t.parallel == "fsdp":
+        console.print("several processes: fsdp (parameters and AdamW state sharded over them; growth tensor by tensor)")
     if t.until:
         console.print(f"stop early when {t.until.metric} {t.until.op} {t.until.value:g}")
     if plan.finetune:

@@ -154,7 +154,7 @@ def check_run_dir(run_dir: Path, recipe: Path, *, resume: bool, overwrite: bool,
 
 def run_command(recipe: Path, *, out: Path | None = None, resume: bool = False, dry_run: bool = False,
                 finetune: bool = True, quiet: bool = False, seed: int | None = None, overwrite: bool = False,
-                report_to: str | None = None) -> dict:
+                report_to: str | None = None, parallel: str | None = None) -> dict:
     from surgery.plan import INPUTS, plan_file
     from surgery.plan_cli import plan_command
 
@@ -169,6 +169,16 @@ def run_command(recipe: Path, *, out: Path | None = None, resume: bool = False, 
     from surgery.train.loop import RunInterrupted, Trainer
     from surgery.train.schedule import compile_plan
 
+    if parallel is not None:
+        from surgery.plan.chain import objective_key, sharded_problem
+        from surgery.train.sharding import PARALLEL
+
+        if parallel not in PARALLEL:
+            raise SurgeryError(f"--parallel must be one of {', '.join(PARALLEL)}; got {parallel!r}")
+        problem = sharded_problem(plan.stages, objective_key(plan.train.objective), plan.train.freeze is not None) if parallel == "fsdp" else None
+        if problem is not None:
+            raise SurgeryError(f"--parallel fsdp: {problem}")
+        plan = plan.model_copy(update={"train": plan.train.model_copy(update={"parallel": parallel})})
     segments, settings = compile_plan(plan)
     if seed is not None:
         # Another training seed (init, data order, masks, growth) on the recipe's validation batches.

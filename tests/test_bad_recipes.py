@@ -44,6 +44,17 @@ CASES = [
     ("unknown op", HEAD + "grow T d@1ep S q@2ep B\n" + TRAIN, "4:16", r"unknown op 'q'"),
     ("another style's distil argument", HEAD + "grow T d@1ep S distil(style=tutor, cos=1)@2ep B\n" + TRAIN, "4:36", r"distil\(style=tutor\) takes no cos \(that is distilbert's\)"),
     ("share on t5", HEAD + "grow T d@1ep S share@2ep B\n" + TRAIN, "4:26", r"share turns a bert .* B is t5"),
+    ("distil under fsdp", "model T = bert(layers=4, d_model=32, heads=4, d_ff=64, vocab=100)\n"
+     "model S = bert(layers=2, d_model=32, heads=4, d_ff=64, vocab=100)\ngrow T distil@2steps S\n"
+     + TRAIN.rstrip() + " parallel=fsdp\n", "4:38", r"parallel=fsdp does not support the distil op .*use parallel=ddp"),
+    ("sbo under fsdp", "model E = bert(layers=2, d_model=32, heads=4, d_ff=64)\n" + TRAIN.rstrip()
+     + " objective span(sbo=true) parallel=fsdp\n", "2:63", r"parallel=fsdp does not support objective span\(sbo=true\)"),
+    ("msg under fsdp", HEAD + "grow S msg(ramp=2)@2ep B\n" + TRAIN.rstrip() + " parallel=fsdp\n", "5:38",
+     r"parallel=fsdp does not support the msg op yet .*use parallel=ddp"),
+    ("ligo under fsdp", HEAD + "grow S ligo(steps=2)@2ep B\n" + TRAIN.rstrip() + " parallel=fsdp\n", "5:38",
+     r"parallel=fsdp does not support the ligo op yet .*use parallel=ddp"),
+    ("freeze under fsdp", HEAD + "grow T d(identity)@2ep S\n" + TRAIN.rstrip() + " parallel=fsdp freeze=old(2steps)\n", "5:38",
+     r"parallel=fsdp does not support freeze= yet"),
     ("unknown objective", GOOD.rstrip() + " objective span_corrupt(rate=0.1)\n", "5:39", r"unknown objective 'span_corrupt'; did you mean 'span_corruption'"),
     ("objective for another family", GOOD.rstrip() + " objective mlm\n", "5:39", r"mlm is for [a-z, ]*bert[a-z, ]* models, not t5; use span_corruption"),
     ("unknown task", GOOD + "finetune klue-nli, korquad\n", "6:20", r"unknown fine-tuning task 'korquad'"),

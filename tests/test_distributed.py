@@ -59,6 +59,39 @@ def weights(run: Path) -> dict:
     return load_file(run / "final" / "model.safetensors")
 
 
+def kill_launch(proc: subprocess.Popen) -> None:
+    """SIGKILL a torchrun launch: its workers (torchrun starts each in a session of its own, so a
+    signal to torchrun's process group does not reach them), then torchrun; then wait until the
+    run folder's lock is free (the workers are gone)."""
+    def children(pid: int) -> list[int]:
+        out = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == pid:
+                out += [int(stat.parent.name)] + children(int(stat.parent.name))
+        return out
+
+    for pid in children(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def wait_unlocked(run: Path) -> None:
+    from filelock import FileLock
+
+    from surgery.run_cli import LOCK
+
+    with FileLock(run / LOCK, timeout=60):
+        pass
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     import torch
@@ -86,9 +119,9 @@ def runs(tmp_path_factory):
     deadline = time.time() + TIMEOUT
     while not (killed / "checkpoints" / "latest").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_launch(proc)
     assert not (killed / "summary.json").exists(), "the run ended before it could be killed"
+    wait_unlocked(killed)
     shutil.copytree(killed, root / "killed-one")
     resumed_two = two(recipe, killed, "--resume")
     resumed_one = one(recipe, root / "killed-one", "--resume")
@@ -121,6 +154,7 @@ def test_a_killed_two_process_run_resumes_to_the_same_weights(runs):
     result, run = runs["resumed_two"]
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("resuming") == 1
+    assert " at step 24 " not in result.stdout  # killed mid-run
     a, b = weights(runs["two"][1]), weights(run)
     assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
     lines = (run / "metrics.jsonl").read_text().splitlines()
@@ -135,6 +169,91 @@ def test_a_two_process_checkpoint_resumes_with_one_process(runs):
     got = val_losses(run)
     assert [(s, m) for s, m, _ in got] == [(s, m) for s, m, _ in reference]
     assert max(abs(a - b) for (_, _, a), (_, _, b) in zip(got, reference)) <= 1e-4
+
+
+# -- sharded (parallel=fsdp) ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fsdp_runs(runs):
+    """The same recipe with --parallel fsdp on 2 ranks; and one killed after its first checkpoint
+    and resumed, with FSDP on 2 ranks and (a copy) with one process."""
+    root = runs["two"][1].parent
+    recipe = root / "tiny.grow"
+    fsdp = two(recipe, root / "fsdp", "--parallel", "fsdp")
+    assert fsdp.returncode == 0, fsdp.stderr[-3000:]
+    killed = root / "fsdp-killed"
+    proc = subprocess.Popen(two_cmd(recipe, killed, "--parallel", "fsdp"), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + TIMEOUT
+    while not (killed / "checkpoints" / "latest").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    kill_launch(proc)
+    assert not (killed / "summary.json").exists(), "the run ended before it could be killed"
+    wait_unlocked(killed)
+    shutil.copytree(killed, root / "fsdp-killed-one")
+    resumed = two(recipe, killed, "--resume", "--parallel", "fsdp")
+    resumed_one = one(recipe, root / "fsdp-killed-one", "--resume")
+    return {"fsdp": (fsdp, root / "fsdp"), "resumed": (resumed, killed),
+            "resumed_one": (resumed_one, root / "fsdp-killed-one")}
+
+
+def test_sharded_run_trains_as_the_ddp_run(runs, fsdp_runs):
+    """parallel=fsdp (FSDP2, 2 CPU ranks): the DDP run's validation and train losses within 1e-4,
+    through both growths (one of them dl), grown tensor by tensor on the shards."""
+    ddp, fsdp = val_losses(runs["two"][1]), val_losses(fsdp_runs["fsdp"][1])
+    assert [(s, m) for s, m, _ in ddp] == [(s, m) for s, m, _ in fsdp]
+    assert {m for _, m, _ in fsdp} == {"T", "S", "B"}
+    assert max(abs(a - b) for (_, _, a), (_, _, b) in zip(ddp, fsdp)) <= 1e-4
+    rows = [[json.loads(l) for l in (r / "metrics.jsonl").read_text().splitlines()]
+            for r in (runs["two"][1], fsdp_runs["fsdp"][1])]
+    train = [(a["train_loss"], b["train_loss"]) for a, b in zip(*rows) if a.get("train_loss") is not None]
+    assert train and max(abs(a - b) for a, b in train) <= 1e-4
+
+
+def test_sharded_run_writes_from_pretrained_folders(runs, fsdp_runs):
+    from transformers import T5ForConditionalGeneration
+
+    run = fsdp_runs["fsdp"][1]
+    for folder in ("stages/0-T", "stages/1-S", "stages/2-B", "final"):
+        assert (run / folder / "config.json").exists() and (run / folder / "model.safetensors").exists()
+    model = T5ForConditionalGeneration.from_pretrained(run / "final")
+    assert model.config.num_layers == 3 and model.config.d_model == 64
+    a, b = weights(runs["two"][1]), weights(run)
+    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-4
+    assert (run / "checkpoints" / "latest").exists()
+    ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    assert (ckpt / "optimizer.safetensors").exists() and (ckpt / "model" / "model.safetensors").exists()
+
+
+def test_a_killed_sharded_run_resumes_to_the_same_weights(fsdp_runs):
+    result, run = fsdp_runs["resumed"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("resuming") == 1
+    assert "resuming" in result.stdout and " at step 24 " not in result.stdout  # killed mid-run
+    a, b = weights(fsdp_runs["fsdp"][1]), weights(run)
+    assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+    assert val_losses(run) == val_losses(fsdp_runs["fsdp"][1])
+
+
+def test_a_sharded_checkpoint_resumes_with_one_process(fsdp_runs):
+    result, run = fsdp_runs["resumed_one"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    reference, got = val_losses(fsdp_runs["fsdp"][1]), val_losses(run)
+    assert [(s, m) for s, m, _ in got] == [(s, m) for s, m, _ in reference]
+    assert max(abs(a - b) for (_, _, a), (_, _, b) in zip(got, reference)) <= 1e-4
+
+
+def test_sharded_growth_makes_the_whole_models_tensors_and_moments(tmp_path):
+    """surgery.train.sharding.grow on 2 ranks: every grown tensor and both AdamW moments equal
+    grow_model + grow_optimizer_state of the same model whole (t5 and bert, depth with each width
+    op, rows that do not split evenly); the streamed stage folder reads back the same."""
+    cases = ["t5:dl", "t5:df", "bert:dl", "bert:da"]
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(Path(__file__).with_name("fsdp_grow_worker.py")), str(tmp_path), *cases],
+                         env=dict(ENV, PYTHONPATH=str(Path(__file__).parents[1])), capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [l for l in out.stdout.splitlines() if l.strip()] == [f"{c} OK" for c in cases]
 
 
 # -- launchers and threads (no training) ---------------------------------------------------------
@@ -200,3 +319,21 @@ def test_uneven_rows_masked_tokens_and_an_objective_head_train_as_one_process(tm
     a, b = val_losses(tmp_path / "one"), val_losses(tmp_path / "two")
     assert len(a) == len(b) == 6 and [x[:2] for x in a] == [x[:2] for x in b]
     assert max(abs(x[2] - y[2]) for x, y in zip(a, b)) <= 1e-4
+
+
+def test_parallel_fsdp_on_the_command_line_refuses_what_the_plan_would(tmp_path):
+    """--parallel fsdp overrides the recipe's setting and refuses, as the plan does, what sharding
+    does not support (here a distillation op), before any training; a wrong value is named."""
+    from surgery.errors import SurgeryError
+    from surgery.run_cli import run_command
+
+    (tmp_path / "corpus.txt").write_text("\n".join(documents(50)) + "\n")
+    recipe = tmp_path / "d.grow"
+    recipe.write_text('model T = bert(layers=2, d_model=32, heads=4, d_ff=64, vocab=300)\n'
+                      'model S = bert(layers=1, d_model=32, heads=4, d_ff=64, vocab=300)\n'
+                      'grow T distil@2steps S\ntrain 4steps on "corpus.txt"\n    objective mlm\n    batch_size=4\n')
+    with pytest.raises(SurgeryError, match=r"--parallel fsdp: parallel=fsdp does not support the distil op"):
+        run_command(recipe, out=tmp_path / "run", finetune=False, quiet=True, parallel="fsdp")
+    with pytest.raises(SurgeryError, match=r"--parallel must be one of ddp, fsdp"):
+        run_command(recipe, out=tmp_path / "run", finetune=False, quiet=True, parallel="zero3")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -370,6 +370,8 @@ class ChainPart:
                     raise self.err(f"{where} is not supported yet: {why} is sized by {dim} "
                                    f"({getattr(a, dim)} -> {getattr(b, dim)}) and would have to grow with the model; "
                                    "grow the depth mid-run (d), or the width before training (init- ops)", self.objective_pos)
+        if settings.parallel == "fsdp":
+            self._check_sharded(stages, key, settings.freeze is not None)
         for s in stages:
             if isinstance(s, TrainStage):
                 fam = self.models[s.model].family
@@ -377,3 +379,33 @@ class ChainPart:
                 if fam not in info.families:
                     raise self.err(f"objective {obj.name} is for {', '.join(info.families)} models, but {s.model} is {fam}", self.objective_pos)
 
+    def _check_sharded(self, stages: list, objective: str, freeze: bool) -> None:
+        problem = sharded_problem(stages, objective, freeze)
+        if problem is not None:
+            raise self.err(problem, getattr(self, "parallel_pos", None))
+
+
+def objective_key(objective) -> str:
+    return "span(sbo=true)" if objective.name == "span" and objective.params.get("sbo") else objective.name
+
+
+def sharded_problem(stages: list, objective: str, freeze: bool = False) -> str | None:
+    """Why parallel=fsdp cannot run this chain and objective, or None. It shards the model's own
+    tensors and grows them tensor by tensor (surgery/train/sharding.py)."""
+    for s in stages:
+        if isinstance(s, GrowStage) and s.op in catalog.COMPRESS_OPS:
+            what = ("distillation keeps a teacher model beside the student" if s.op == "distil" else
+                    f"{s.op} works on the whole model in memory, with no per-tensor path")
+            return f"parallel=fsdp does not support the {s.op} op ({what}); use parallel=ddp"
+        info = catalog.OPS.get(s.op) if isinstance(s, GrowStage) else None
+        if info is not None and (s.op in catalog.FITTED_OPS or info.ramp_steps is not None):
+            what = ("fits its operator on the whole model's forward" if s.op in catalog.FITTED_OPS
+                    else "hooks its masks on whole modules")
+            return f"parallel=fsdp does not support the {s.op} op yet ({what}; not built for shards); use parallel=ddp"
+    if freeze:
+        return "parallel=fsdp does not support freeze= yet (its masks address whole parameters); use parallel=ddp"
+    why = catalog.OBJECTIVES_WITH_AUX.get(objective)
+    if why is not None:
+        return (f"parallel=fsdp does not support objective {objective}: {why} trains beside the model, reading "
+                "its embeddings, and is not sharded; use parallel=ddp")
+    return None

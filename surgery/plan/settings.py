@@ -124,6 +124,7 @@ class SettingsPart:
         if obj == "sop" and settings.packing == "full-sentences":
             raise self.err("sop needs segments from one document: use packing=doc-sentences (the default for sop)", where["packing"])
         self.objective_pos = where.get("objective", decl.pos)
+        self.parallel_pos = where.get("parallel", decl.pos)
         return settings
 
     def _corpus(self, clause: Clause, values: dict, where: dict) -> None:

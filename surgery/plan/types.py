@@ -147,6 +147,9 @@ class TrainSettings(BaseModel):
     optimizer_on_grow: Literal["reset", "grow"] = "reset"
     freeze: FreezeOld | None = None  # None: everything trains after a growth
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # Under several processes: "ddp" (each holds the whole model) or "fsdp" (parameters and AdamW
+    # state sharded over the processes, FSDP2; surgery/train/sharding.py).
+    parallel: Literal["ddp", "fsdp"] = "ddp"
     # full-sentences: blocks packed across documents (separator between them); doc-sentences:
     # blocks never cross a document boundary (RoBERTa's two input formats). None: the
     # objective's default (doc-sentences for sop, full-sentences otherwise).

@@ -38,13 +38,19 @@ def module_tensors(module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
 
 
-def save_checkpoint(root: Path, step: int, model, optimizer, trainer_state: dict, keep: int = 1, aux=None) -> Path:
+def save_checkpoint(root: Path, step: int, model, optimizer, trainer_state: dict, keep: int = 1, aux=None,
+                    write=None) -> Path:
+    """write(tmp): what fills the new checkpoint's folder (default: the model, its optimizer
+    state, aux modules, RNG states and trainer state; a sharded run writes the same files its way)."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"ckpt-{step:08d}"
     tmp = root / f".ckpt-{step:08d}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write(tmp, model, optimizer, trainer_state, aux)
+        if write is not None:
+            write(tmp)
+        else:
+            _write(tmp, model, optimizer, trainer_state, aux)
     except BaseException:
         # A failed write (disk full, no permission) or a kill mid-write: drop the partial folder,
         # leave `latest` and the checkpoint it names as they were.
@@ -76,6 +82,10 @@ def _write(tmp: Path, model, optimizer, trainer_state: dict, aux) -> None:
         aux_opt = _flatten(optimizer_state_by_name(optimizer, aux))
         if aux_opt:
             save_file(aux_opt, tmp / "aux_optimizer.safetensors")
+    write_rng_and_state(tmp, trainer_state)
+
+
+def write_rng_and_state(tmp: Path, trainer_state: dict) -> None:
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
@@ -95,11 +105,11 @@ def read_state(path: Path) -> dict:
     return json.loads((path / "trainer_state.json").read_text())
 
 
-def read_checkpoint(path: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
-    """(trainer state, optimizer state by parameter name, rng states)."""
+def read_checkpoint(path: Path, optimizer: bool = True) -> tuple[dict, dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """(trainer state, optimizer state by parameter name ({} when not `optimizer`), rng states)."""
     state = json.loads((path / "trainer_state.json").read_text())
     opt_file = path / "optimizer.safetensors"
-    opt = _unflatten(load_file(opt_file)) if opt_file.exists() else {}
+    opt = _unflatten(load_file(opt_file)) if optimizer and opt_file.exists() else {}
     return state, opt, load_file(path / "rng.safetensors")
 
 

@@ -31,6 +31,7 @@ from surgery.errors import SurgeryError
 from surgery.families.build import with_pretraining_head
 from surgery.train import checkpoint as ckpt
 from surgery.train import masks
+from surgery.train import sharding
 from surgery.train.console import RunConsole, fmt_loss
 from surgery.train.corpus import load_documents, resolve_corpus
 from surgery.train.data import (
@@ -129,6 +130,8 @@ class Trainer:
         if settings.batch_size < self.n:
             raise SurgeryError(f"batch_size={settings.batch_size} is smaller than the {self.n} processes: "
                                f"every process needs at least one row of each batch")
+        # parallel=fsdp under several processes: parameters and AdamW state sharded (sharding.py)
+        self.sharded = settings.parallel == "fsdp" and self.n > 1
         self.saved_state: dict | None = None  # the state the latest checkpoint holds (all ranks agree)
         self.ui = console or RunConsole(quiet=quiet)
         self.val_losses: list[float] = []  # every validation so far, to say what a growth changed
@@ -267,6 +270,9 @@ class Trainer:
         self.aux_is_distil = self.distil is not None
         if self.aux is not None and aux_weights is not None:
             self.aux.load_state_dict(aux_weights)
+        if self.aux is not None and self.sharded:
+            raise SurgeryError("parallel=fsdp shards the model only: objectives with modules beside it "
+                               "(span(sbo=true), electra) and distillation need parallel=ddp")
         if self.aux is not None:
             self.aux.to(self.acc.device).train()
 
@@ -310,11 +316,19 @@ class Trainer:
     def save_stage(self, model, seg: Segment, index: int) -> Path:
         self.msg = masks.before_save(self.msg, self.ui)  # a run stopped inside an msg ramp (until)
         folder = self.stage_dir(seg, index)
+        tmp = folder.with_name(folder.name + ".tmp")
+        sharded = self.sharded and sharding.is_sharded(model)
+        if sharded:  # every rank gathers, the first writes; all go on once the folder is there
+            if self.main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            sharding.save_pretrained(model, tmp, self.main)
+            if not self.main:
+                self.acc.wait_for_everyone()
         if not self.acc.is_main_process:
             return folder
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.acc.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+        if not sharded:
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.acc.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
         self.tokenizer.save_pretrained(tmp)
         source = self.segments[0].init_from
         if source is not None:  # files of the pretrained folder surgery does not write (sentence-transformers')
@@ -327,6 +341,8 @@ class Trainer:
             save_file(ckpt.module_tensors(self.aux), tmp / "objective" / f"{name}_heads.safetensors")
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
+        if sharded:
+            self.acc.wait_for_everyone()
         return folder
 
     # -- the run ------------------------------------------------------------------------------
@@ -408,10 +424,15 @@ class Trainer:
             raise SurgeryError(f"--resume: no complete checkpoint in {root}; run without --resume to start afresh")
         from surgery.compress import load_model
 
-        raw, self.opt_state, self.rng = ckpt.read_checkpoint(latest)
+        rows = self.sharded and sharding.can_load(latest / "model")  # each rank reads its rows only
+        raw, self.opt_state, self.rng = ckpt.read_checkpoint(latest, optimizer=not rows)
         st = TrainState.of(raw)
         self.saved_state = {**asdict(st), "wall_s": None}
-        model = load_model(latest / "model")
+        if rows:
+            model = sharding.load_model(latest / "model", self.acc.device)
+            self.opt_state = sharding.read_optimizer_rows(latest / "optimizer.safetensors", model)
+        else:
+            model = load_model(latest / "model")
         self.aux_weights, self.aux_opt = ckpt.read_aux(latest)
         self.restore_teacher(st.segment, model)
         self.ui.line(f"resuming {escape(str(self.out))} at step {st.step} of {self.total} "
@@ -445,13 +466,15 @@ class Trainer:
             self.aux_opt = {}
             return model, index, None
         model = model.to(self.acc.device)
+        if self.sharded:
+            model = sharding.shard(model, self.acc.device)
         model.train()
         self.msg = masks.attach(self, index, model, st.step)  # msg growth: masks until the ramp ends
         self.stage_aux(model, self.aux_weights)
         self.aux_weights = None
         optimizer = make_optimizer(model, self.s, self.aux)
         if self.opt_state:
-            ckpt.load_optimizer_state(optimizer, model, self.opt_state)
+            (sharding if self.sharded else ckpt).load_optimizer_state(optimizer, model, self.opt_state)
         if self.aux is not None and self.aux_opt:
             ckpt.load_optimizer_state(optimizer, self.aux, self.aux_opt)
         self.aux_opt = {}  # only the resumed stage continues from the checkpoint
@@ -461,7 +484,8 @@ class Trainer:
         # Accelerate keeps every prepared model and optimizer; the small model of the previous
         # stage (and its DDP buckets) would stay alive beside the grown one.
         self.acc.free_memory()
-        model, optimizer = self.acc.prepare(model, optimizer)
+        if not self.sharded:  # sharded: FSDP2 is the wrapper (Accelerate would add DDP)
+            model, optimizer = self.acc.prepare(model, optimizer)
         from surgery.train.freeze import freezer_for  # freeze=old(N steps): only new parameters train
 
         self.freezer = freezer_for(self, index, model, st.step)
@@ -490,6 +514,8 @@ class Trainer:
             from surgery.train.ligo_fit import fit_in_run
 
             return fit_in_run(self, model, src_spec, dst_spec, growth, seed), None
+        if self.sharded and sharding.is_sharded(model):  # tensor by tensor, never the whole model
+            return sharding.grow(model, src_spec, dst_spec, growth.op, seed, growth.options, opt_state, self.acc.device)
         result = grow_model(model.cpu(), src_spec, dst_spec, growth.op, seed=seed, options=growth.options)
         return result.model, (result.grow_optimizer_state(opt_state) if opt_state else None)
 
@@ -560,7 +586,8 @@ class Trainer:
             norm = None
             if self.s.max_grad_norm:
                 params = list(model.parameters()) + (list(self.aux.parameters()) if self.aux is not None else [])
-                norm = self.acc.clip_grad_norm_(params, self.s.max_grad_norm)
+                clip = sharding.clip_grad_norm_ if self.sharded else self.acc.clip_grad_norm_
+                norm = clip(params, self.s.max_grad_norm)
             self.watch(st.step + 1, step_loss, norm)
             optimizer.step()
             if self.freezer is not None:
@@ -639,10 +666,14 @@ class Trainer:
         ok = True
         if self.saved_state == {**asdict(st), "wall_s": None}:
             return True  # a signal right after a checkpoint: it already holds this very state
-        if self.main:
+        if self.main or self.sharded:
             try:
-                ckpt.save_checkpoint(self.out / "checkpoints", st.step, self.acc.unwrap_model(model), optimizer,
-                                     asdict(st), aux=self.aux)
+                if self.sharded:  # every rank gathers tensor by tensor, the first writes
+                    sharding.save_checkpoint(self.out / "checkpoints", st.step, model, optimizer, asdict(st),
+                                             self.main)
+                else:
+                    ckpt.save_checkpoint(self.out / "checkpoints", st.step, self.acc.unwrap_model(model), optimizer,
+                                         asdict(st), aux=self.aux)
             except (OSError, SafetensorError) as err:
                 ok = False
                 kept = ckpt.latest_checkpoint(self.out / "checkpoints")

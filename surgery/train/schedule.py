@@ -85,6 +85,7 @@ class RunSettings:
     # "grow": AdamW moments follow the weights (surgery.ops); "reset": a fresh AdamW.
     optimizer_on_grow: str = "grow"
     precision: str = "auto"
+    parallel: str = "ddp"  # several processes: "ddp" or "fsdp" (sharded; surgery/train/sharding.py)
     val_every: int = 100
     val_batches: int = 8
     ckpt_every: int = 0  # 0: at every validation
@@ -174,7 +175,8 @@ def compile_plan(plan) -> tuple[list[Segment], RunSettings]:
         grad_accum=t.grad_accum, lr=opt.lr, warmup=warmup, weight_decay=opt.weight_decay,
         betas=(opt.beta1, opt.beta2), eps=opt.eps, schedule=opt.schedule, on_grow=t.lr_on_grow.policy,
         rewarm=(rw.value, rw.unit) if rw else None, optimizer_on_grow=t.optimizer_on_grow,
-        precision=t.precision, val_every=t.val_every, val_batches=t.val_batches, ckpt_every=t.ckpt_every or 0, report_to=t.report_to,
+        precision=t.precision, parallel=t.parallel, val_every=t.val_every, val_batches=t.val_batches,
+        ckpt_every=t.ckpt_every or 0, report_to=t.report_to,
         seed=t.seed,
         until_val_loss=t.until.value if t.until else None, until_strict=bool(t.until and t.until.op == "<"),
         max_grad_norm=opt.max_grad_norm, val_fraction=t.val_fraction,

@@ -30,6 +30,18 @@ class OpInfo:
     # plan`, and the steps after the growth it needs inside the next stage (a ramp); None: nothing
     cost: Callable[[dict, bool, bool], str] | None = None
     ramp_steps: Callable[[dict, bool, bool], int] | None = None
+    # "module:function" growing the model inside a run where the op needs more than the model
+    # (ligo: the run's batches and loss; moe: expert-wise optimizer state):
+    # f(trainer, model, src_spec, dst_spec, growth, seed, opt_state) -> (model, opt_state or None)
+    in_run: str | None = None
+
+
+def resolve(impl: str):
+    """The object a registry entry names as "module:attribute" (imported when first needed)."""
+    import importlib
+
+    module, _, attr = impl.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 _SEED = ArgInfo("int", None, help="seed of random choices (default: the training seed)")
@@ -75,6 +87,7 @@ OPS: dict[str, OpInfo] = {
             "seed": _SEED,
         },
         impl="surgery.ops.ligo:grow_ligo",
+        in_run="surgery.train.ligo_fit:grow_in_run",
         flexible=True,
     ),
 }
@@ -155,7 +168,7 @@ COMPRESS_OPS: dict[str, OpInfo] = {
                   {"experts": ArgInfo("int", None, help="experts per layer; must match the target's experts= (optional)", low=2),
                    "top_k": ArgInfo("int", None, help="experts per token; must match the target's top_k= (optional)", low=1),
                    "seed": _SEED},
-                  impl="surgery.moe:upcycle", sources=("llama", "qwen2"), targets=("mixtral", "qwen2_moe")),
+                  impl="surgery.moe:upcycle", in_run="surgery.moe:grow_in_run", sources=("llama", "qwen2"), targets=("mixtral", "qwen2_moe")),
 }
 
 

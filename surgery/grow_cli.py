@@ -6,14 +6,13 @@ import os
 from collections import OrderedDict
 from pathlib import Path
 
+from surgery.catalog import COMPRESS_OPS
 from surgery.errors import SurgeryError
 from surgery.spec import ModelSpec
 
 INT_KEYS = ("layers", "decoder_layers", "d_model", "heads", "kv_heads", "d_ff", "d_kv", "vocab", "max_positions",
             "embedding")
 TEXT_KEYS = ("ff", "head", "tie", "share")
-# Ops that make a smaller or differently built model (surgery.compress); the rest grow.
-COMPRESSION_OPS = ("factorize", "share", "distil", "moe")
 
 
 def parse_to(text: str, base: ModelSpec) -> ModelSpec:
@@ -136,7 +135,7 @@ def dry_run_command(src: Path, *, op: str, to: str, seed: int = 0, threads: int 
     from surgery.ops import plan_checkpoint
     from surgery.shapes import human_bytes
 
-    if op.split("(")[0] in COMPRESSION_OPS:
+    if op.split("(")[0] in COMPRESS_OPS:
         raise SurgeryError(f"--dry-run plans growth ops; {op} builds its model in memory: run it without --dry-run")
     console = Console()
     src = resolve_source(src)
@@ -181,7 +180,7 @@ def grow_command(src: Path, *, op: str, to: str, out: Path, seed: int = 0, probe
     hf_logging.disable_progress_bar()
     console = Console()
     src = resolve_source(src)
-    if op.split("(")[0] in COMPRESSION_OPS:
+    if op.split("(")[0] in COMPRESS_OPS:
         name = op.split("(")[0]
         options = compress_options(op)
         return compress_command(src, op=name, to=to, out=out, console=console, probe=probe, options=options)

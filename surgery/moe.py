@@ -121,6 +121,13 @@ def upcycle(model, dst, seed: int = 0):
     return new.train(model.training)
 
 
+def grow_in_run(trainer, model, src_spec, dst_spec, growth, seed: int, opt_state=None):
+    """The moe op inside a run (catalog.COMPRESS_OPS["moe"].in_run): upcycled model, and with
+    optimizer_on_grow=grow every expert takes its dense MLP's moments."""
+    new = trainer.transform(model, src_spec, dst_spec, growth, seed)
+    return new, (upcycle_optimizer_state(opt_state, dst_spec) if opt_state else None)
+
+
 def upcycle_optimizer_state(state: dict[str, dict], dst) -> dict[str, dict]:
     """The dense model's AdamW state (by parameter name) for the upcycled model: every expert's
     moments and step are its dense MLP's; router, shared expert and its gate have none (fresh)."""

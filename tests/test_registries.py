@@ -29,6 +29,7 @@ def _resolve(path: str):
 def test_every_op_points_at_its_implementation(name):
     info = catalog.OPS.get(name) or catalog.COMPRESS_OPS[name]
     assert callable(_resolve(info.impl))
+    assert info.in_run is None or callable(catalog.resolve(info.in_run))
 
 
 @pytest.mark.parametrize("name", list(catalog.OBJECTIVES))

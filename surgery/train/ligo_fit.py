@@ -22,6 +22,12 @@ from surgery.errors import SurgeryError
 from surgery.train.data import step_rng
 
 
+def grow_in_run(trainer, model, src_spec, dst_spec, growth, seed: int, opt_state=None):
+    """The ligo op inside a run (catalog.OPS["ligo"].in_run): fitted on the run's batches; AdamW
+    restarts after it, whatever optimizer_on_grow says."""
+    return fit_in_run(trainer, model, src_spec, dst_spec, growth, seed), None
+
+
 def fit_in_run(trainer, model, src_spec, dst_spec, growth, seed: int):
     """Grow `model` by ligo for `trainer` (surgery.train.loop.Trainer); returns the grown model."""
     from surgery.catalog import OBJECTIVES_WITHOUT_GROWTH

@@ -225,7 +225,8 @@ class Trainer:
     def transform(self, model, src_spec, dst_spec, growth, seed):
         """One op of the chain in memory: a growth (surgery.ops) or a compression (surgery.compress).
         A distil op keeps the model it starts from as the teacher of the stage that follows."""
-        from surgery.compress import COMPRESS_OPS, compress_model
+        from surgery.catalog import COMPRESS_OPS
+        from surgery.compress import compress_model
         from surgery.ops import grow_model
 
         if growth.op not in COMPRESS_OPS:
@@ -500,20 +501,14 @@ class Trainer:
     def grow(self, model, src_spec, dst_spec, growth, seed, opt_state=None):
         """The one growth path, before training (init-) and mid-run: (new model, its AdamW state
         or None). Compression ops make new parameters, so their optimizer starts fresh."""
-        from surgery.compress import COMPRESS_OPS
+        from surgery.catalog import COMPRESS_OPS, OPS, resolve
         from surgery.ops import grow_model
 
+        info = OPS.get(growth.op) or COMPRESS_OPS.get(growth.op)
+        if info is not None and info.in_run:  # the op needs the run (ligo's batches, moe's optimizer state)
+            return resolve(info.in_run)(self, model, src_spec, dst_spec, growth, seed, opt_state)
         if growth.op in COMPRESS_OPS:
-            new = self.transform(model, src_spec, dst_spec, growth, seed)
-            if growth.op == "moe" and opt_state:  # every expert takes its dense MLP's moments
-                from surgery.moe import upcycle_optimizer_state
-
-                return new, upcycle_optimizer_state(opt_state, dst_spec)
-            return new, None
-        if growth.op == "ligo":  # fitted on the run's batches; AdamW restarts (surgery/train/ligo_fit.py)
-            from surgery.train.ligo_fit import fit_in_run
-
-            return fit_in_run(self, model, src_spec, dst_spec, growth, seed), None
+            return self.transform(model, src_spec, dst_spec, growth, seed), None
         if self.sharded and sharding.is_sharded(model):  # tensor by tensor, never the whole model
             return sharding.grow(model, src_spec, dst_spec, growth.op, seed, growth.options, opt_state, self.acc.device)
         result = grow_model(model.cpu(), src_spec, dst_spec, growth.op, seed=seed, options=growth.options)

@@ -32,7 +32,6 @@ from surgery.errors import SurgeryError
 from surgery.sharing import SHARED_MODULES, shared_kind, tie_shared
 from surgery.spec import ModelSpec
 
-
 _BERT_TO_ALBERT_LAYER = {
     "attention.self.query": "attention.query",
     "attention.self.key": "attention.key",

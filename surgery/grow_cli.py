@@ -241,8 +241,8 @@ def compress_command(src: Path, *, op: str, to: str, out: Path, console, probe: 
     import json
     import shutil
 
-    from surgery.compress import compress_model, load_model
     from surgery.checkpoints import TOKENIZER_FILES, carry_files
+    from surgery.compress import compress_model, load_model
     from surgery.io import atomic_folder
     from surgery.ops.probe import relative_change
 

@@ -31,11 +31,18 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
+from surgery.checkpoints import TOKENIZER_FILES, carry_files
 from surgery.errors import SurgeryError
 from surgery.families import FAMILIES
-from surgery.checkpoints import TOKENIZER_FILES, carry_files
 from surgery.families.build import layout_of_checkpoint
-from surgery.headers import INDEX_NAME, SINGLE_NAME, HeaderError, TensorInfo, checkpoint_files, read_headers
+from surgery.headers import (
+    INDEX_NAME,
+    SINGLE_NAME,
+    HeaderError,
+    TensorInfo,
+    checkpoint_files,
+    read_headers,
+)
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 

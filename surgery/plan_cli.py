@@ -9,7 +9,14 @@ from pathlib import Path
 from surgery.catalog import COMPRESS_OPS
 from surgery.checkpoints import has_tokenizer, read_config
 from surgery.plan import Plan, TrainStage, plan_and_missing
-from surgery.plan.cost import FLOPS_ASSUMPTION, baseline_flops, fit_cost, op_cost, op_ramp, stage_cost
+from surgery.plan.cost import (
+    FLOPS_ASSUMPTION,
+    baseline_flops,
+    fit_cost,
+    op_cost,
+    op_ramp,
+    stage_cost,
+)
 from surgery.plan.export import plan_json
 from surgery.recipe import load_recipe
 from surgery.shapes import (

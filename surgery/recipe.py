@@ -14,7 +14,15 @@ from functools import cache
 from pathlib import Path
 from typing import Union
 
-from lark import Lark, Token, Transformer, UnexpectedCharacters, UnexpectedInput, UnexpectedToken, v_args
+from lark import (
+    Lark,
+    Token,
+    Transformer,
+    UnexpectedCharacters,
+    UnexpectedInput,
+    UnexpectedToken,
+    v_args,
+)
 
 from surgery.errors import RecipeError, SurgeryError
 

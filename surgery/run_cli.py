@@ -16,7 +16,6 @@ from pathlib import Path
 
 from surgery.errors import SurgeryError
 
-
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "demo.grow"
 
 # What `surgery run` writes into a run folder; --overwrite removes exactly these.

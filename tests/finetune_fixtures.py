@@ -11,9 +11,15 @@ from pathlib import Path
 
 import torch
 from tokenizers import processors
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 from surgery.train.tokenizer import _unigram
-from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
 SENTENCES = [
     "오늘은 날씨가 맑고 바람이 시원하다.",

@@ -9,12 +9,18 @@ import torch
 from safetensors.torch import load_file
 
 from surgery.compress import distil_student, load_model
-from surgery.distillation import (IntermediateLoss, TinyBertLoss, TutorKDLoss, attention_scores, layer_map,
-                                  pairwise_logit, reinforce)
+from surgery.distillation import (
+    TinyBertLoss,
+    TutorKDLoss,
+    attention_scores,
+    layer_map,
+    pairwise_logit,
+    reinforce,
+)
+from surgery.spec import ModelSpec
 from surgery.train.objectives import IGNORE, make_objective
 from surgery.train.tokenizer import train_tokenizer
 from tests.fixtures_text import documents
-from surgery.spec import ModelSpec
 from tests.tiny import model
 
 
@@ -204,7 +210,11 @@ def test_task_specific_distillation_from_a_fine_tuned_teacher(tmp_path):
 
     from surgery.errors import SurgeryError
     from surgery.finetune import finetune
-    from tests.finetune_fixtures import tiny_checkpoint, tiny_tokenizer, write_own_task_files
+    from tests.finetune_fixtures import (
+        tiny_checkpoint,
+        tiny_tokenizer,
+        write_own_task_files,
+    )
 
     own = write_own_task_files(tmp_path / "own")
     data = dict(train_data=own["nli"], eval_data=own["nli"], batch_size=4, max_length=96, progress=False,

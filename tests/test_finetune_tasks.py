@@ -10,7 +10,10 @@ from surgery.cli import app
 from surgery.errors import SurgeryError
 from surgery.finetune import TASKS, finetune
 from surgery.finetune import data as task_data
-from surgery.finetune.heads import T5EncoderForQuestionAnswering, T5EncoderForSequenceClassification
+from surgery.finetune.heads import (
+    T5EncoderForQuestionAnswering,
+    T5EncoderForSequenceClassification,
+)
 from tests.finetune_fixtures import tiny_checkpoint, write_own_task_files
 
 QUICK = dict(epochs=1, batch_size=4, max_length=96, max_target_length=8, progress=False)

@@ -2,7 +2,6 @@
 figures themselves need a GPU: `python bench/gpu_check.py`)."""
 
 import importlib.util
-import os
 from pathlib import Path
 
 import torch

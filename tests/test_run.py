@@ -187,10 +187,11 @@ def test_seed_option_overrides_the_training_seed_but_keeps_the_validation_batche
     assert losses["seed3"] != losses["default"]
 
     # The validation batches are the recipe's whatever --seed says.
+    from dataclasses import replace
+
     from surgery.plan import plan_file
     from surgery.train.loop import Trainer
     from surgery.train.schedule import compile_plan
-    from dataclasses import replace
 
     segments, settings = compile_plan(plan_file(recipe))
     batches = []

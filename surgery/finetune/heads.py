@@ -16,7 +16,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import T5EncoderModel
-from transformers.modeling_outputs import QuestionAnsweringModelOutput, SequenceClassifierOutput
+from transformers.modeling_outputs import (
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+)
 
 from surgery.errors import SurgeryError
 
@@ -75,7 +78,11 @@ class T5EncoderForQuestionAnswering(T5EncoderModel):
 
 def load_head(checkpoint, head: str, config, **config_overrides):
     """The model for `head` ('classification', 'span' or 'seq2seq') from a checkpoint folder."""
-    from transformers import AutoModelForQuestionAnswering, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+    from transformers import (
+        AutoModelForQuestionAnswering,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+    )
 
     is_t5 = config.is_encoder_decoder  # the encoder-only heads below are T5's
     if head == "seq2seq":

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from surgery.finetune.base import Task, cap, input_keys
 from surgery.finetune.data import NLI_LABELS, load_nli
 from surgery.finetune.loop import autocast, batches
-from surgery.finetune.base import Task, cap, input_keys
 
 
 class KlueNli(Task):

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from surgery.errors import SurgeryError
+from surgery.finetune.base import Task, cap, input_keys
 from surgery.finetune.data import load_korquad
 from surgery.finetune.loop import autocast, batches
-from surgery.finetune.base import Task, cap, input_keys
 from surgery.metrics import korquad_scores
 
 N_BEST = 20

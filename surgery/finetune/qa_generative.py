@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from surgery.finetune.base import cap
 from surgery.finetune.data import load_korquad
 from surgery.finetune.qa_extractive import KorquadExtractive
 from surgery.finetune.seq2seq import TextToText
-from surgery.finetune.base import cap
 from surgery.metrics import korquad_scores
 
 

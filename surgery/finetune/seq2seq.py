@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from surgery.finetune.loop import autocast, batches
 from surgery.finetune.base import Task
+from surgery.finetune.loop import autocast, batches
 
 
 class TextToText(Task):

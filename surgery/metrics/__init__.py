@@ -5,7 +5,12 @@
 - `table2`: the paper's average score, and which columns it averages.
 """
 
-from surgery.metrics.korquad import korquad_scores, normalize_answer, qa_exact_match, qa_f1
+from surgery.metrics.korquad import (
+    korquad_scores,
+    normalize_answer,
+    qa_exact_match,
+    qa_f1,
+)
 from surgery.metrics.rouge import RougeL, rouge_l, rouge_l_corpus, rouge_tokens
 from surgery.metrics.table2 import TABLE2_AVERAGED, table2_average
 

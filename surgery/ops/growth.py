@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from surgery.errors import SurgeryError
-from surgery.growth_rules import growth_problem
 from surgery.families.base import Family, Layout
+from surgery.growth_rules import growth_problem
 from surgery.ops.depth import SELECTIONS, check_layers, deepen, select_layers
 from surgery.ops.entries import Entry, WidthRule
 from surgery.ops.width import eps_scale, same_width, widen_view, width_rule

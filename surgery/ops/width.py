@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import math
 
-from surgery.families.base import Family
-from surgery.ops.entries import Aki, Entry, Read, Widen, WidthRule, generator
 import torch
 
+from surgery.families.base import Family
+from surgery.ops.entries import Aki, Entry, Read, Widen, WidthRule, generator
 from surgery.ops.mapping import Mapping, copies_then_padding, copies_then_random
 from surgery.spec import ModelSpec
 from surgery.view import Kind, Role, View

@@ -3,7 +3,14 @@
 from typing import Any
 
 from surgery.plan import Plan, TrainStage
-from surgery.plan.cost import FLOPS_ASSUMPTION, baseline_flops, fit_cost, op_cost, op_ramp, stage_cost
+from surgery.plan.cost import (
+    FLOPS_ASSUMPTION,
+    baseline_flops,
+    fit_cost,
+    op_cost,
+    op_ramp,
+    stage_cost,
+)
 from surgery.shapes import shape_changes, tensor_groups, train_memory_bytes
 
 

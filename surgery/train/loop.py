@@ -30,8 +30,7 @@ from surgery.checkpoints import carry_files, has_tokenizer
 from surgery.errors import SurgeryError
 from surgery.families.build import with_pretraining_head
 from surgery.train import checkpoint as ckpt
-from surgery.train import masks
-from surgery.train import sharding
+from surgery.train import masks, sharding
 from surgery.train.console import RunConsole, fmt_loss
 from surgery.train.corpus import load_documents, resolve_corpus
 from surgery.train.data import (
@@ -487,7 +486,9 @@ class Trainer:
         self.acc.free_memory()
         if not self.sharded:  # sharded: FSDP2 is the wrapper (Accelerate would add DDP)
             model, optimizer = self.acc.prepare(model, optimizer)
-        from surgery.train.freeze import freezer_for  # freeze=old(N steps): only new parameters train
+        from surgery.train.freeze import (
+            freezer_for,  # freeze=old(N steps): only new parameters train
+        )
 
         self.freezer = freezer_for(self, index, model, st.step)
         if grown or (st.step == seg_start and index == 0 and not self.metrics.rows):

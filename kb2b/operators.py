@@ -37,9 +37,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kb2b.headline import overlap
 from kb2b.reproduce import ROOT, say
 
 TAIL = 3  # validations averaged into a run's final loss and the scratch target
+BESIDE = 80  # % of a run's time its scratch reference trained too, for its wall-time share to count
 
 
 @dataclass(frozen=True)
@@ -351,12 +353,14 @@ def measure(bench: Bench, sweep_op: str | None = None) -> dict:
                 ref_summary = json.loads((runs / ref / "summary.json").read_text())
                 hit = reach(curve, target)
                 row = {"pair": p, "op": label, "seed": seed, "target": target, "final": tail_loss(curve),
-                       "small_final": small, "scratch_steps": ref_summary["steps"], "scratch_wall_s": ref_summary["wall_s"]}
+                       "small_final": small, "scratch_steps": ref_summary["steps"], "scratch_wall_s": ref_summary["wall_s"],
+                       "beside_pct": overlap(runs / ref, runs / run)}
                 if hit is not None:
                     row["steps_pct"] = 100 * hit[0] / ref_summary["steps"]
                     row["wall_pct"] = 100 * hit[1] / ref_summary["wall_s"]
                     steps_pct.append(row["steps_pct"])
-                    wall_pct.append(row["wall_pct"])
+                    if row["beside_pct"] >= BESIDE:  # only then did both see the same machine load
+                        wall_pct.append(row["wall_pct"])
                 finals.append(row["final"])
                 if label == "scratch":
                     margins.append(small - target)
@@ -383,7 +387,9 @@ def to_markdown(m: dict) -> str:
     lines = [f"# Growth operators, scale `{m['scale']}` ({m['steps']} steps a run)", "",
              f"Target: the mean of the scratch run's last {m['tail']} validation losses (same seed). "
              "Share: step (and wall time) at which the grown run first reaches it, over the scratch run's; "
-             "mean ± standard deviation over seeds, and the 95% t-interval's half width.", ""]
+             "mean ± standard deviation over seeds, and the 95% t-interval's half width. Wall-time shares "
+             f"count only runs that trained beside their scratch run (at least {BESIDE}% of the time; the "
+             "`beside` column), since the machine's load changed between runs.", ""]
     for p, d in m["pairs"].items():
         lines += [f"## {p} (small's final loss {d['small_final']:.4f})", "",
                   "| op | seeds reached | % of scratch steps | % of scratch wall time | final loss (mean of last validations) |",
@@ -394,12 +400,13 @@ def to_markdown(m: dict) -> str:
         if sc and sc.get("n"):
             lines += ["", f"Scratch Base below Small's final loss by {', '.join(f'{v:.3f}' for v in sc['values'])} "
                           f"(min {sc['min']:.3f}) over {sc['n']} seed(s)."]
-        lines += ["", "| run | target | final | % steps | % wall |", "|---|---|---|---|---|"]
+        lines += ["", "| run | target | final | % steps | % wall | beside % |", "|---|---|---|---|---|---|"]
         for r in d["runs"]:
             if r["op"] == "scratch":
                 continue
             lines.append(f"| {r['pair']}-{r['op']}-s{r['seed']} | {r['target']:.4f} | {r['final']:.4f} | "
-                         + (f"{r['steps_pct']:.1f} | {r['wall_pct']:.1f} |" if "steps_pct" in r else "not reached | - |"))
+                         + (f"{r['steps_pct']:.1f} | {r['wall_pct']:.1f} |" if "steps_pct" in r else "not reached | - |")
+                         + f" {r['beside_pct']:.0f} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -459,9 +466,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lanes", type=int, default=None, help="runs side by side (mini: 2, paper: 1)")
     p.add_argument("--dry-run", action="store_true", help="say what would run; write nothing")
     p.add_argument("--report-only", action="store_true", help="only measure the finished runs and write the report")
+    p.add_argument("--root", type=Path, default=ROOT, help="folder holding runs/ and kb2b/ (default: this checkout)")
     a = p.parse_args(argv)
     sc = SCALES[a.scale]()
-    bench = Bench(sc, lanes=a.lanes)
+    bench = Bench(sc, root=a.root, lanes=a.lanes)
     if not a.report_only:
         todo = jobs(sc, bench.runs, a.sweep or None, set(a.pairs.split(",")) if a.pairs else None)
         if a.ops:

@@ -120,7 +120,14 @@ def test_measure_against_the_tail_mean_of_the_same_seed(tmp_path, mini):
     m = ops.measure(bench)
     a = m["pairs"]["t5"]["ops"]["a"]
     assert a["steps_pct"]["values"] == [25.0, pytest.approx(50 / 3)]
+    # the fake runs' summaries were written at once: they trained side by side
     assert a["wall_pct"]["values"] == [15.0, 10.0]
     assert m["pairs"]["t5"]["ops"]["scratch"]["scratch_beats_small_by"]["values"] == [2.0, 1.0]
     md = ops.to_markdown(m)
     assert "| a | 2/2 |" in md and "t5-a-s0 | 5.0000 |" in md
+    # a run that trained at another time keeps its step share, not its wall share
+    import os
+
+    os.utime(r / "t5-a-s1" / "summary.json", (1e9, 1e9))
+    a = ops.measure(bench)["pairs"]["t5"]["ops"]["a"]
+    assert a["wall_pct"]["values"] == [15.0] and len(a["steps_pct"]["values"]) == 2

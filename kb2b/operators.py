@@ -370,7 +370,24 @@ def measure(bench: Bench, sweep_op: str | None = None) -> dict:
                                  "final": summary(finals), "reached": f"{len(steps_pct)}/{len(finals)}"}
                 if margins:
                     per_op[label]["scratch_beats_small_by"] = summary(margins)
-        out["pairs"][p] = {"small_final": small, "ops": per_op, "runs": rows}
+        ref = sc.pairs[p].headline or next(iter(sc.pairs[p].ops))
+        out["pairs"][p] = {"small_final": small, "ops": per_op, "runs": rows, "paired_ref": ref,
+                           "paired": paired(rows, ref)}
+    return out
+
+
+def paired(rows: list[dict], ref: str) -> dict[str, dict]:
+    """Per op, its step share minus the reference op's on the same seed (same scratch target):
+    the target's seed noise cancels, so two ops compare more sharply than their means do."""
+    share = {(r["op"], r["seed"]): r.get("steps_pct") for r in rows}
+    out = {}
+    for label in dict.fromkeys(r["op"] for r in rows):
+        if label in ("scratch", ref):
+            continue
+        diffs = [share[(label, k)] - share[(ref, k)] for (op, k) in share
+                 if op == label and share[(op, k)] is not None and share.get((ref, k)) is not None]
+        if diffs:
+            out[label] = summary(diffs)
     return out
 
 
@@ -396,6 +413,10 @@ def to_markdown(m: dict) -> str:
                   "|---|---|---|---|---|"]
         for label, s in d["ops"].items():
             lines.append(f"| {label} | {s['reached']} | {_fmt(s['steps_pct'])} | {_fmt(s['wall_pct'])} | {_fmt(s['final'], digits=4)} |")
+        if d.get("paired"):
+            lines += ["", f"Paired with `{d['paired_ref']}` on the same seed (op's % of scratch steps minus "
+                          f"{d['paired_ref']}'s; negative: faster):", ""]
+            lines += [f"- {label}: {_fmt(s)} over {s['n']} seed(s)" for label, s in d["paired"].items()]
         sc = d["ops"].get("scratch", {}).get("scratch_beats_small_by")
         if sc and sc.get("n"):
             lines += ["", f"Scratch Base below Small's final loss by {', '.join(f'{v:.3f}' for v in sc['values'])} "

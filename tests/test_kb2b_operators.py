@@ -123,6 +123,10 @@ def test_measure_against_the_tail_mean_of_the_same_seed(tmp_path, mini):
     # the fake runs' summaries were written at once: they trained side by side
     assert a["wall_pct"]["values"] == [15.0, 10.0]
     assert m["pairs"]["t5"]["ops"]["scratch"]["scratch_beats_small_by"]["values"] == [2.0, 1.0]
+    # paired against a on the same seed: l reaches the target at step 100 of 300, a at 75
+    _fake_run(r, "t5-l-s0", [(0, 0, 7.0), (50, 4, 6.0), (150, 12, 4.0), (300, 30, 3.0)], 300, 30.0)
+    m = ops.measure(bench)
+    assert m["pairs"]["t5"]["paired"]["l"]["values"] == [pytest.approx(100 / 3 - 25)]
     md = ops.to_markdown(m)
     assert "| a | 2/2 |" in md and "t5-a-s0 | 5.0000 |" in md
     # a run that trained at another time keeps its step share, not its wall share

@@ -19,6 +19,7 @@ from __future__ import annotations
 from surgery.args import ArgInfo
 from surgery.families.base import Family, common_args
 from surgery.families.llama import DECODER_ARGS, TOKENIZER
+from surgery.families.llama import hf_config as llama_hf_config
 from surgery.families.llama import recipe_fields as llama_recipe_fields
 from surgery.families.llama import spec_fields as llama_spec_fields
 
@@ -37,15 +38,7 @@ def recipe_fields(values: dict) -> dict:
 
 def hf_config(spec) -> dict:
     return {
-        "vocab_size": spec.vocab,
-        "hidden_size": spec.d_model,
-        "num_hidden_layers": spec.layers,
-        "num_attention_heads": spec.heads,
-        "num_key_value_heads": spec.n_kv_heads,
-        "head_dim": spec.head_dim,
-        "intermediate_size": spec.d_ff,
-        "max_position_embeddings": spec.max_positions,
-        "tie_word_embeddings": spec.head == "tied",
+        **llama_hf_config(spec),
         "num_local_experts": spec.experts,
         "num_experts_per_tok": spec.top_k,
         "output_router_logits": False,
@@ -54,9 +47,6 @@ def hf_config(spec) -> dict:
         # upcycling copies the source's own values.
         "rms_norm_eps": 1e-6,
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
-        "bos_token_id": None,
-        "eos_token_id": None,
-        "pad_token_id": None,
     }
 
 

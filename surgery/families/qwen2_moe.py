@@ -18,17 +18,13 @@ Limits as mixtral's: no neutral view, so growth ops refuse it; grow the dense qw
 
 from __future__ import annotations
 
-from surgery.families.base import Family, common_args
-from surgery.families.llama import DECODER_ARGS
+from dataclasses import replace
+
 from surgery.families.mixtral import (
-    MOE_ARGS,
+    MIXTRAL,
     NO_GROWTH,
     attention_and_norms,
-    describe,
-    json_fields,
     norms_and_head,
-    recipe_fields,
-    validate,
 )
 from surgery.families.mixtral import spec_fields as mixtral_spec_fields
 from surgery.families.qwen2 import QWEN2
@@ -75,26 +71,18 @@ def active_params(spec) -> int:
     return spec.params - spec.layers * (spec.experts - spec.top_k) * 3 * spec.d_model * spec.d_ff
 
 
-QWEN2_MOE = Family(
+# Mixtral's descriptor with Qwen2-MoE's classes, config (shared expert), tokenizer and tables
+QWEN2_MOE = replace(
+    MIXTRAL,
     name="qwen2_moe",
-    kind="decoder",
     summary="Qwen2-MoE (Qwen2MoeForCausalLM): Qwen2's decoder with top-k routed SwiGLU experts and a shared expert",
-    args=common_args(**DECODER_ARGS, **MOE_ARGS),
     config_class="Qwen2MoeConfig",
     model_class="Qwen2MoeForCausalLM",
     classes={"Qwen2MoeForCausalLM": "lm", "Qwen2MoeModel": ""},
     hf_config=hf_config,
     spec_fields=spec_fields,
-    recipe_fields=recipe_fields,
-    default_objective="clm",
     tokenizer=QWEN2.tokenizer,
-    tiny=dict(layers=2, d_model=16, heads=4, kv_heads=2, d_ff=32, max_positions=64, experts=4, top_k=2),
-    validate=validate,
-    describe=describe,
-    json_fields=json_fields,
-    growth_keeps=("head",),
     no_growth=NO_GROWTH.format(family="qwen2_moe", dense="qwen2"),
-    norm="rms",
     tensor_groups=tensor_groups,
     active_params=active_params,
 )

@@ -43,12 +43,13 @@ def make_source(folder: Path, dims: dict, shard: int) -> None:
     import torch
     from transformers import LlamaConfig
 
-    from surgery.families import LLAMA, Layout
+    from surgery.families import FAMILIES, Layout
     from surgery.io import TensorTask, save_checkpoint
     from surgery.spec import ModelSpec
 
+    LLAMA = FAMILIES["llama"]
     spec = ModelSpec(family="llama", **dims, **COMMON)
-    layout = Layout("LlamaForCausalLM", untied_head=True)
+    layout = LLAMA.plan_layout(spec)
     dims = LLAMA.dims(spec, {})
     gen = torch.Generator().manual_seed(0)
 

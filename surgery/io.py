@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
+from surgery.buffers import empty, pooled
 from surgery.checkpoints import TOKENIZER_FILES, carry_files
 from surgery.errors import SurgeryError
 from surgery.families import FAMILIES
@@ -101,7 +102,7 @@ class Checkpoint:
         info = self.tensors.get(name)
         if info is None:
             raise SurgeryError(f"{self.path}: checkpoint has no tensor {name}")
-        buf = torch.empty(info.nbytes, dtype=torch.uint8)
+        buf = empty((info.nbytes,), torch.uint8)  # a reused buffer inside the streaming writer
         try:
             with open(info.file, "rb", buffering=0) as f:
                 f.seek(info.start)
@@ -325,8 +326,22 @@ def write_tensors(folder: Path, tasks: Iterable[TensorTask], shard_bytes: int = 
     meta = {"format": "pt"}
     names = ([SINGLE_NAME] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    budget = budget if budget is not None else pipeline_budget(tasks)
     made = _made_in_order(tasks, threads, budget)
     written: dict[str, tuple[Path, int]] = {}  # name -> (file, offset of its bytes)
+    # Large tensors reuse the buffers of earlier ones (surgery/buffers.py), up to the budget.
+    with pooled(budget // 4):
+        _write_shards(folder, names, shards, meta, made, written)
+    if len(shards) == 1:
+        return names
+    weight_map = {t.name: name for name, shard in zip(names, shards) for t in shard}
+    index = {"metadata": {"total_size": sum(t.nbytes for t in tasks)}, "weight_map": weight_map}
+    (folder / INDEX_NAME).write_text(json.dumps(index, indent=2))
+    return names + [INDEX_NAME]
+
+
+def _write_shards(folder: Path, names: list[str], shards: list[list[TensorTask]], meta: dict, made,
+                  written: dict[str, tuple[Path, int]]) -> None:
     try:
         for name, shard in zip(names, shards):
             with open(folder / name, "wb") as f:
@@ -341,12 +356,6 @@ def write_tensors(folder: Path, tasks: Iterable[TensorTask], shard_bytes: int = 
                     del x
     finally:
         made.close()  # on an error: cancel what is queued, wait for the workers
-    if len(shards) == 1:
-        return names
-    weight_map = {t.name: name for name, shard in zip(names, shards) for t in shard}
-    index = {"metadata": {"total_size": sum(t.nbytes for t in tasks)}, "weight_map": weight_map}
-    (folder / INDEX_NAME).write_text(json.dumps(index, indent=2))
-    return names + [INDEX_NAME]
 
 
 def _model_tasks(model) -> tuple[dict, list[TensorTask]]:

@@ -14,6 +14,7 @@ from typing import Callable, Protocol
 
 import torch
 
+from surgery.buffers import empty
 from surgery.ops.mapping import Mapping
 from surgery.view import Axis, Kind, Role
 
@@ -145,7 +146,7 @@ class Widen(Entry):
             # second one's kept units, which then grows in place - no intermediate tensor.
             (a1, a2), rule = grown, self.rule
             m1, m2 = rule.maps[self.axes[a1].kind], rule.maps[self.axes[a2].kind]
-            final = torch.empty(self.shape, dtype=t.dtype)
+            final = empty(self.shape, t.dtype)
             region = final.narrow(a2, 0, m2.old)
             made = grow_axis(t, a1, self.axes[a1].role, m1, rule, self.name, out=region)
             if made is not region:

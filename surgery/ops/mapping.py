@@ -12,6 +12,8 @@ from functools import cached_property
 
 import torch
 
+from surgery.buffers import empty
+
 
 @dataclass(frozen=True)
 class Mapping:
@@ -60,17 +62,27 @@ class Mapping:
         if out is None:
             shape = list(t.shape)
             shape[axis] = self.new
-            out = torch.empty(shape, dtype=t.dtype)
+            out = empty(shape, t.dtype)
         kept = out.narrow(axis, 0, self.old)
         in_place = kept.data_ptr() == t.data_ptr() and kept.stride() == t.stride()
         extra = self.src[self.old:]
         copied = (extra >= 0).nonzero().flatten()
-        # The new units first: in place, the kept units are about to change.
-        g = t.index_select(axis, extra[copied]) if copied.numel() else None
+        # The new units first: in place, the kept units are about to change. Straight into out
+        # where that slice is one contiguous block (rows; columns would be a strided gather, slower
+        # than gathering into a temporary and copying).
+        dest = out.narrow(axis, self.old, extra.numel())
+        direct = copied.numel() == extra.numel() > 0 and dest.is_contiguous()
+        if direct:
+            torch.index_select(t, axis, extra, out=dest)
+            g = None
+        else:
+            g = t.index_select(axis, extra[copied]) if copied.numel() else None
         if divisor is not None:
             torch.div(t, along(divisor[: self.old]), out=kept)
         elif not in_place:
             kept.copy_(t)
+        if direct and divisor is not None:
+            dest.div_(along(divisor[self.old:]))
         if g is not None:
             if divisor is not None:
                 g.div_(along(divisor[self.old:][copied]))

@@ -43,7 +43,7 @@ def make_source(folder: Path, dims: dict, shard: int) -> None:
     import torch
     from transformers import LlamaConfig
 
-    from surgery.families import FAMILIES, Layout
+    from surgery.families import FAMILIES
     from surgery.io import TensorTask, save_checkpoint
     from surgery.spec import ModelSpec
 

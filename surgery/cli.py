@@ -142,7 +142,11 @@ def grow(
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     with user_errors():
         with _imports_uncollected():
-            from surgery.grow_cli import check_stream_options, dry_run_command, grow_command
+            from surgery.grow_cli import (
+                check_stream_options,
+                dry_run_command,
+                grow_command,
+            )
             from surgery.io import load_checkpoint  # noqa: F401  torch, while the collector is off
             from surgery.ops import grow_checkpoint  # noqa: F401
 

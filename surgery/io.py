@@ -139,6 +139,14 @@ class TensorTask:
     # The name of an earlier task known to make the same bytes (a layer repeated by depth growth):
     # its bytes are copied from where that one was written instead of being made again.
     same_as: str | None = None
+    # All zero bytes (depth growth's identity blocks zero what writes into the residual stream):
+    # written from one shared zero buffer, never made.
+    zeros: bool = False
+
+    @property
+    def computed(self) -> bool:
+        """Made by a worker (not copied from an earlier tensor, not zeros)."""
+        return self.same_as is None and not self.zeros
 
     @property
     def nbytes(self) -> int:
@@ -149,7 +157,7 @@ class TensorTask:
 
     @property
     def working_bytes(self) -> int:
-        if self.same_as is not None:
+        if not self.computed:
             return 0
         return max(self.cost if self.cost is not None else 2 * self.nbytes, self.nbytes)
 
@@ -205,7 +213,7 @@ class _Pipeline:
                 if self.next > self.written and self.held + t.working_bytes > self.budget:
                     break
                 self.held += t.working_bytes
-                if t.same_as is not None:
+                if not t.computed:
                     fut = Future()
                     fut.set_result(None)
                 else:
@@ -217,7 +225,7 @@ class _Pipeline:
 
     def _done(self, fut, task: TensorTask) -> None:
         # Made: the working set shrinks to the result, which waits for the writer.
-        if task.same_as is None and not fut.cancelled() and fut.exception() is None:
+        if task.computed and not fut.cancelled() and fut.exception() is None:
             with self.lock:
                 self.held -= task.working_bytes - task.nbytes
             self._admit()
@@ -230,7 +238,7 @@ class _Pipeline:
                 yield task, x
                 del x
                 with self.lock:
-                    self.held -= task.nbytes if task.same_as is None else 0
+                    self.held -= task.nbytes if task.computed else 0
                     self.written = i + 1
         finally:
             with self.lock:
@@ -246,7 +254,7 @@ def _one_torch_thread() -> None:
 def _made_in_order(tasks: list[TensorTask], threads: int, budget: int | None):
     if threads <= 1:
         for t in tasks:
-            yield t, (t.made() if t.same_as is None else None)
+            yield t, (t.made() if t.computed else None)
         return
     yield from _Pipeline(tasks, threads, budget if budget is not None else pipeline_budget(tasks))
 
@@ -307,6 +315,17 @@ def _copy_bytes(src: Path, offset: int, f, nbytes: int) -> None:
     f.seek(pos + nbytes)
 
 
+_ZERO_CHUNK = 16 << 20
+
+
+def _write_zeros(f, nbytes: int) -> None:
+    zero = memoryview(bytes(min(nbytes, _ZERO_CHUNK)))
+    while nbytes:
+        n = min(nbytes, len(zero))
+        f.write(zero[:n])
+        nbytes -= n
+
+
 def write_tensors(folder: Path, tasks: Iterable[TensorTask], shard_bytes: int = DEFAULT_SHARD_BYTES, *,
                   threads: int = 1, budget: int | None = None) -> list[str]:
     """Write tasks into `folder` as model.safetensors or shards + index. Returns the file names.
@@ -349,7 +368,9 @@ def _write_shards(folder: Path, names: list[str], shards: list[list[TensorTask]]
                 for task in shard:
                     _, x = next(made)
                     written[task.name] = (folder / name, f.tell())
-                    if x is None:
+                    if task.zeros:
+                        _write_zeros(f, task.nbytes)
+                    elif x is None:
                         _copy_bytes(*written[task.same_as], f, task.nbytes)
                     elif x.numel():
                         f.write(memoryview(x.reshape(-1).view(torch.uint8).numpy()))  # no bytes copy

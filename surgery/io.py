@@ -46,6 +46,7 @@ from surgery.headers import (
 )
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
 
 _DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -113,6 +114,42 @@ class Checkpoint:
             raise SurgeryError(f"{info.file}: truncated while reading tensor {name} "
                                f"(the file ends before byte {info.end:,})")
         return buf.view(_DTYPES[info.dtype]).reshape(info.shape)
+
+    def read_into(self, name: str, out: torch.Tensor) -> bool:
+        """Read tensor `name` straight into `out`, a matrix of its shape and dtype whose rows are
+        contiguous but may be spaced apart (the kept block of a grown tensor): one preadv of
+        every row's bytes, the kernel copying from the page cache to where the rows stay. False
+        (nothing read) where `out` does not fit; a short read is refused as in get()."""
+        info = self.tensors.get(name)
+        if (info is None or _DTYPES[info.dtype] != out.dtype or tuple(info.shape) != tuple(out.shape)
+                or out.dim() != 2 or out.stride(1) != 1 or not out.numel()):
+            return False
+        rows = out.view(torch.uint8).numpy() if out.is_contiguous() else None
+        if rows is None:  # numpy views the strided block; each row is one contiguous run of bytes
+            import numpy as np
+
+            rows = out.numpy().view(np.uint8)
+        iov = [memoryview(r) for r in rows] if out.stride(0) != out.shape[1] else [memoryview(rows).cast("B")]
+        done = 0
+        try:
+            with open(info.file, "rb", buffering=0) as f:
+                i = 0
+                while i < len(iov):
+                    got = os.preadv(f.fileno(), iov[i: i + _IOV_MAX], info.start + done)
+                    if got <= 0:
+                        break  # the file ends early
+                    done += got
+                    while i < len(iov) and got >= len(iov[i]):  # skip what was filled (a read may stop short)
+                        got -= len(iov[i])
+                        i += 1
+                    if got:
+                        iov[i] = iov[i][got:]
+        except OSError as err:
+            raise SurgeryError(f"{info.file}: cannot read tensor {name} ({err})") from None
+        if done != info.nbytes:
+            raise SurgeryError(f"{info.file}: truncated while reading tensor {name} "
+                               f"(the file ends before byte {info.end:,})")
+        return True
 
     def dtype(self, name: str) -> torch.dtype:
         return _DTYPES[self.tensors[name].dtype]
@@ -349,7 +386,7 @@ def write_tensors(folder: Path, tasks: Iterable[TensorTask], shard_bytes: int = 
     made = _made_in_order(tasks, threads, budget)
     written: dict[str, tuple[Path, int]] = {}  # name -> (file, offset of its bytes)
     # Large tensors reuse the buffers of earlier ones (surgery/buffers.py), up to the budget.
-    with pooled(budget // 4):
+    with pooled(budget // 2):
         _write_shards(folder, names, shards, meta, made, written)
     if len(shards) == 1:
         return names

@@ -200,6 +200,11 @@ def grow_checkpoint(src_dir, dst: ModelSpec, op: str, out_dir, seed: int = 0, op
                 raise SurgeryError(f"{src_dir}: checkpoint has no tensor {s.hf}")
             return ckpt.get(name)
 
+        def read_into(self, neutral, out) -> bool:
+            s = plan.src_view[neutral]
+            name = next((n for n in (s.hf, *s.aliases) if n in ckpt), None)
+            return name is not None and ckpt.read_into(name, out)
+
         def moment(self, neutral, key):
             return None
 

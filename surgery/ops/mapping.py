@@ -15,6 +15,25 @@ import torch
 from surgery.buffers import empty
 
 
+_SELECT_BLOCK = 1 << 20  # elements of t per block when gathering from a strided t
+
+
+def _select(t: torch.Tensor, axis: int, idx: torch.Tensor) -> torch.Tensor:
+    """t.index_select(axis, idx) into a reused buffer where one is at hand (surgery/buffers.py).
+    From a strided t (the kept block of a tensor grown in place) torch would first copy all of t
+    to fresh contiguous memory; gathered in blocks of rows, the copy is one small block at a time."""
+    shape = list(t.shape)
+    shape[axis] = idx.numel()
+    out = empty(shape, t.dtype)
+    if t.is_contiguous() or axis == 0 or t.dim() < 2 or not t.numel():
+        return torch.index_select(t, axis, idx, out=out)
+    rows = max(1, _SELECT_BLOCK // (t.numel() // t.shape[0]))
+    for r0 in range(0, t.shape[0], rows):
+        n = min(rows, t.shape[0] - r0)
+        torch.index_select(t.narrow(0, r0, n).contiguous(), axis, idx, out=out.narrow(0, r0, n))
+    return out
+
+
 @dataclass(frozen=True)
 class Mapping:
     old: int
@@ -55,7 +74,7 @@ class Mapping:
             return v.reshape(shape)
 
         if not self.keeps_old:
-            g = t.index_select(axis, self.src.clamp(min=0))
+            g = _select(t, axis, self.src.clamp(min=0))
             if divisor is not None:
                 g.div_(along(divisor))
             return g if out is None else out.copy_(g)
@@ -76,7 +95,7 @@ class Mapping:
             torch.index_select(t, axis, extra, out=dest)
             g = None
         else:
-            g = t.index_select(axis, extra[copied]) if copied.numel() else None
+            g = _select(t, axis, extra[copied]) if copied.numel() else None
         if divisor is not None:
             torch.div(t, along(divisor[: self.old]), out=kept)
         elif not in_place:

@@ -14,7 +14,6 @@ import torch
 
 from surgery.buffers import empty
 
-
 _SELECT_BLOCK = 1 << 20  # elements of t per block when gathering from a strided t
 
 

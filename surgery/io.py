@@ -3,7 +3,8 @@
 
 - `load_checkpoint(path) -> Checkpoint`: spec, family, layout, config, and lazy tensor access
   (only the safetensors headers are read up front, by surgery/headers.py; `get(name)` reads one
-  tensor with one plain read into fresh memory and keeps nothing: no memory maps, no caches).
+  tensor with one plain read and keeps nothing: no memory maps, no caches; `read_into(name, out)`
+  reads one straight into the kept block of the tensor it grows into, one preadv of its rows).
   `Checkpoint.model()` loads it with transformers' from_pretrained.
 - `save_checkpoint(out_dir, source, config=None)`: source is a PreTrainedModel, a dict of tensors
   (with `config`), or a list of `TensorTask`s (name, shape, dtype, make) made one at a time. The
@@ -98,7 +99,8 @@ class Checkpoint:
         return name in self._files
 
     def get(self, name: str) -> torch.Tensor:
-        """One tensor, read with one plain read into fresh memory (no memory map: mapped pages of
+        """One tensor, read with one plain read into its own memory (a buffer reused from an earlier
+        tensor inside the streaming writer, surgery/buffers.py; no memory map: mapped pages of
         a large source would stay resident and count against the process)."""
         info = self.tensors.get(name)
         if info is None:

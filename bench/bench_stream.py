@@ -43,12 +43,13 @@ def make_source(folder: Path, dims: dict, shard: int) -> None:
     import torch
     from transformers import LlamaConfig
 
-    from surgery.families import LLAMA, Layout
+    from surgery.families import FAMILIES
     from surgery.io import TensorTask, save_checkpoint
     from surgery.spec import ModelSpec
 
+    LLAMA = FAMILIES["llama"]
     spec = ModelSpec(family="llama", **dims, **COMMON)
-    layout = Layout("LlamaForCausalLM", untied_head=True)
+    layout = LLAMA.plan_layout(spec)
     dims = LLAMA.dims(spec, {})
     gen = torch.Generator().manual_seed(0)
 
@@ -66,7 +67,9 @@ def make_source(folder: Path, dims: dict, shard: int) -> None:
 
 def timed(cmd: list[str], env: dict) -> tuple[float, int, str]:
     """(wall seconds, peak RSS KiB, stdout) of cmd under /usr/bin/time -v, started with no dirty
-    pages left over from an earlier step (so each step pays for its own writeback only)."""
+    pages left over from an earlier step (so each step pays for its own writeback only). Its CPU
+    time (user + sys, all threads) is left in CPU[0]: on a shared machine it moves less than the
+    wall time."""
     os.sync()
     t0 = time.perf_counter()
     r = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
@@ -74,7 +77,11 @@ def timed(cmd: list[str], env: dict) -> tuple[float, int, str]:
     if r.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{r.stdout}\n{r.stderr}")
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr).group(1))
+    CPU[0] = sum(float(re.search(rf"{k} time \(seconds\): ([\d.]+)", r.stderr).group(1)) for k in ("User", "System"))
     return wall, rss, r.stdout
+
+
+CPU = [0.0]
 
 
 FLOOR = r"""
@@ -119,7 +126,7 @@ def main() -> None:
         make_source(src, dims, shard)
         print(f"made the source in {time.perf_counter() - t0:.0f} s")
     wall_imp, rss_imp, _ = timed([sys.executable, "-c", "import surgery.ops, surgery.io"], env)
-    print(f"imports alone: {wall_imp:.1f} s, peak RSS {rss_imp / 1024:.0f} MiB")
+    print(f"imports alone: {wall_imp:.1f} s, CPU {CPU[0]:.1f} s, peak RSS {rss_imp / 1024:.0f} MiB")
     src_bytes = sum(f.stat().st_size for f in src.glob("*.safetensors"))
     results = []
     for op in args.ops.split(","):
@@ -134,27 +141,34 @@ def main() -> None:
         estimate = re.search(r"memory: about ([\d.]+ \w+)", dry)
         print(f"[{op}] dry run: {wall_dry:.1f} s, peak RSS {rss_dry / 1024:.0f} MiB, "
               f"estimate {estimate.group(1) if estimate else '?'}")
-        walls, floors, rsss, loads = [], [], [], []
+        walls, floors, rsss, loads, cpus, cpus_floor = [], [], [], [], [], []
         for trial in range(args.repeat):
             # Growth and floor alternate, so each pair sees about the same machine.
             loads.append(os.getloadavg()[0])
             wall, rss, text = timed(base + ["--out", str(out), "--no-probe"], env)
+            cpu = CPU[0]
             out_bytes = sum(f.stat().st_size for f in out.glob("*.safetensors"))
             shards = sorted(f.stat().st_size for f in out.glob("*.safetensors"))
             shutil.rmtree(out, ignore_errors=True)  # the floor writes as many bytes: give it the same disk
             floor.unlink(missing_ok=True)
             wall_floor, _, _ = timed([sys.executable, "-c", FLOOR, str(src), str(floor), str(out_bytes)], env)
+            cpu_floor = CPU[0]
             floor.unlink(missing_ok=True)
+            cpus.append(cpu)
+            cpus_floor.append(cpu_floor)
             walls.append(wall)
             floors.append(wall_floor)
             rsss.append(rss)
             print(f"[{op}] grow: {wall:.1f} s wall, peak RSS {rss / 1024:.0f} MiB; read {src_bytes / 1e9:.2f} GB, "
                   f"wrote {out_bytes / 1e9:.2f} GB in {len(shards)} shards; floor (read the source bytes, write as "
                   f"many bytes as the output): {wall_floor:.1f} s; grow / floor {wall / wall_floor:.2f}x; "
+                  f"CPU (user+sys) grow {cpu:.1f} s, floor {cpu_floor:.1f} s; "
                   f"load {loads[-1]:.1f} -> {os.getloadavg()[0]:.1f}", flush=True)
         wall, wall_floor = statistics.median(walls), statistics.median(floors)
         results.append(dict(op=op, size=args.size, grow_wall_s=round(wall, 1), floor_wall_s=round(wall_floor, 1),
                             ratio=round(wall / wall_floor, 2), trials=len(walls),
+                            grow_cpu_s=round(statistics.median(cpus), 1),
+                            floor_cpu_s=round(statistics.median(cpus_floor), 1),
                             grow_peak_rss_mib=round(max(rsss) / 1024),
                             dry_run_estimate=estimate.group(1) if estimate else None,
                             imports_peak_rss_mib=round(rss_imp / 1024), src_gb=round(src_bytes / 1e9, 2),

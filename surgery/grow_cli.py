@@ -164,6 +164,15 @@ def _print_plan(console, plan, src: ModelSpec, dst: ModelSpec, suffix: str = "")
             console.print(f"{stack} layers from source: {layers}" + (" (repeats start as identity)" if plan.op.identity else ""))
 
 
+def _quiet_transformers() -> None:
+    """transformers only where a model is loaded (the probe, compression ops): the streamed growth
+    itself never imports it (about a second of start-up)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the untied-head notice is expected; we report what matters
+    hf_logging.disable_progress_bar()
+
+
 def grow_command(src: Path, *, op: str, to: str, out: Path, seed: int = 0, probe: bool = True,
                  threads: int | None = None, dtype: str | None = None) -> None:
     from rich.console import Console
@@ -171,18 +180,14 @@ def grow_command(src: Path, *, op: str, to: str, out: Path, seed: int = 0, probe
     from surgery.checkpoints import resolve_source
     from surgery.io import load_checkpoint
     from surgery.ops import grow_checkpoint
-    from surgery.ops.probe import relative_change
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # the untied-head notice is expected; we report what matters
-    hf_logging.disable_progress_bar()
     console = Console()
     src = resolve_source(src)
     if op.split("(")[0] in COMPRESS_OPS:
         name = op.split("(")[0]
         options = compress_options(op)
+        _quiet_transformers()
         return compress_command(src, op=name, to=to, out=out, console=console, probe=probe, options=options)
     ckpt = load_checkpoint(src)
     dst = parse_to(to, ckpt.spec)
@@ -193,6 +198,9 @@ def grow_command(src: Path, *, op: str, to: str, out: Path, seed: int = 0, probe
     if plan.config.get(eps_key) != ckpt.config.get(eps_key, plan.config.get(eps_key)):
         console.print(f"{eps_key}: {ckpt.config.get(eps_key)} -> {plan.config[eps_key]} (lossless growth keeps norm statistics)")
     if probe:
+        from surgery.ops.probe import relative_change
+
+        _quiet_transformers()
         small, grown = ckpt.model(), load_checkpoint(out).model()
         change = relative_change(small, grown, ckpt.spec.vocab, seed=0)
         console.print(f"function moved: max relative logit change {change:.2e} on a fixed random batch")

@@ -3,7 +3,8 @@
 
 - `load_checkpoint(path) -> Checkpoint`: spec, family, layout, config, and lazy tensor access
   (only the safetensors headers are read up front, by surgery/headers.py; `get(name)` reads one
-  tensor with one plain read into fresh memory and keeps nothing: no memory maps, no caches).
+  tensor with one plain read and keeps nothing: no memory maps, no caches; `read_into(name, out)`
+  reads one straight into the kept block of the tensor it grows into, one preadv of its rows).
   `Checkpoint.model()` loads it with transformers' from_pretrained.
 - `save_checkpoint(out_dir, source, config=None)`: source is a PreTrainedModel, a dict of tensors
   (with `config`), or a list of `TensorTask`s (name, shape, dtype, make) made one at a time. The
@@ -31,6 +32,7 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
+from surgery.buffers import empty, pooled
 from surgery.checkpoints import TOKENIZER_FILES, carry_files
 from surgery.errors import SurgeryError
 from surgery.families import FAMILIES
@@ -45,6 +47,7 @@ from surgery.headers import (
 )
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
 
 _DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -96,12 +99,13 @@ class Checkpoint:
         return name in self._files
 
     def get(self, name: str) -> torch.Tensor:
-        """One tensor, read with one plain read into fresh memory (no memory map: mapped pages of
+        """One tensor, read with one plain read into its own memory (a buffer reused from an earlier
+        tensor inside the streaming writer, surgery/buffers.py; no memory map: mapped pages of
         a large source would stay resident and count against the process)."""
         info = self.tensors.get(name)
         if info is None:
             raise SurgeryError(f"{self.path}: checkpoint has no tensor {name}")
-        buf = torch.empty(info.nbytes, dtype=torch.uint8)
+        buf = empty((info.nbytes,), torch.uint8)  # a reused buffer inside the streaming writer
         try:
             with open(info.file, "rb", buffering=0) as f:
                 f.seek(info.start)
@@ -112,6 +116,42 @@ class Checkpoint:
             raise SurgeryError(f"{info.file}: truncated while reading tensor {name} "
                                f"(the file ends before byte {info.end:,})")
         return buf.view(_DTYPES[info.dtype]).reshape(info.shape)
+
+    def read_into(self, name: str, out: torch.Tensor) -> bool:
+        """Read tensor `name` straight into `out`, a matrix of its shape and dtype whose rows are
+        contiguous but may be spaced apart (the kept block of a grown tensor): one preadv of
+        every row's bytes, the kernel copying from the page cache to where the rows stay. False
+        (nothing read) where `out` does not fit; a short read is refused as in get()."""
+        info = self.tensors.get(name)
+        if (info is None or _DTYPES[info.dtype] != out.dtype or tuple(info.shape) != tuple(out.shape)
+                or out.dim() != 2 or out.stride(1) != 1 or not out.numel()):
+            return False
+        rows = out.view(torch.uint8).numpy() if out.is_contiguous() else None
+        if rows is None:  # numpy views the strided block; each row is one contiguous run of bytes
+            import numpy as np
+
+            rows = out.numpy().view(np.uint8)
+        iov = [memoryview(r) for r in rows] if out.stride(0) != out.shape[1] else [memoryview(rows).cast("B")]
+        done = 0
+        try:
+            with open(info.file, "rb", buffering=0) as f:
+                i = 0
+                while i < len(iov):
+                    got = os.preadv(f.fileno(), iov[i: i + _IOV_MAX], info.start + done)
+                    if got <= 0:
+                        break  # the file ends early
+                    done += got
+                    while i < len(iov) and got >= len(iov[i]):  # skip what was filled (a read may stop short)
+                        got -= len(iov[i])
+                        i += 1
+                    if got:
+                        iov[i] = iov[i][got:]
+        except OSError as err:
+            raise SurgeryError(f"{info.file}: cannot read tensor {name} ({err})") from None
+        if done != info.nbytes:
+            raise SurgeryError(f"{info.file}: truncated while reading tensor {name} "
+                               f"(the file ends before byte {info.end:,})")
+        return True
 
     def dtype(self, name: str) -> torch.dtype:
         return _DTYPES[self.tensors[name].dtype]
@@ -138,6 +178,14 @@ class TensorTask:
     # The name of an earlier task known to make the same bytes (a layer repeated by depth growth):
     # its bytes are copied from where that one was written instead of being made again.
     same_as: str | None = None
+    # All zero bytes (depth growth's identity blocks zero what writes into the residual stream):
+    # written from one shared zero buffer, never made.
+    zeros: bool = False
+
+    @property
+    def computed(self) -> bool:
+        """Made by a worker (not copied from an earlier tensor, not zeros)."""
+        return self.same_as is None and not self.zeros
 
     @property
     def nbytes(self) -> int:
@@ -148,7 +196,7 @@ class TensorTask:
 
     @property
     def working_bytes(self) -> int:
-        if self.same_as is not None:
+        if not self.computed:
             return 0
         return max(self.cost if self.cost is not None else 2 * self.nbytes, self.nbytes)
 
@@ -204,7 +252,7 @@ class _Pipeline:
                 if self.next > self.written and self.held + t.working_bytes > self.budget:
                     break
                 self.held += t.working_bytes
-                if t.same_as is not None:
+                if not t.computed:
                     fut = Future()
                     fut.set_result(None)
                 else:
@@ -216,7 +264,7 @@ class _Pipeline:
 
     def _done(self, fut, task: TensorTask) -> None:
         # Made: the working set shrinks to the result, which waits for the writer.
-        if task.same_as is None and not fut.cancelled() and fut.exception() is None:
+        if task.computed and not fut.cancelled() and fut.exception() is None:
             with self.lock:
                 self.held -= task.working_bytes - task.nbytes
             self._admit()
@@ -229,7 +277,7 @@ class _Pipeline:
                 yield task, x
                 del x
                 with self.lock:
-                    self.held -= task.nbytes if task.same_as is None else 0
+                    self.held -= task.nbytes if task.computed else 0
                     self.written = i + 1
         finally:
             with self.lock:
@@ -245,7 +293,7 @@ def _one_torch_thread() -> None:
 def _made_in_order(tasks: list[TensorTask], threads: int, budget: int | None):
     if threads <= 1:
         for t in tasks:
-            yield t, (t.made() if t.same_as is None else None)
+            yield t, (t.made() if t.computed else None)
         return
     yield from _Pipeline(tasks, threads, budget if budget is not None else pipeline_budget(tasks))
 
@@ -306,6 +354,17 @@ def _copy_bytes(src: Path, offset: int, f, nbytes: int) -> None:
     f.seek(pos + nbytes)
 
 
+_ZERO_CHUNK = 16 << 20
+
+
+def _write_zeros(f, nbytes: int) -> None:
+    zero = memoryview(bytes(min(nbytes, _ZERO_CHUNK)))
+    while nbytes:
+        n = min(nbytes, len(zero))
+        f.write(zero[:n])
+        nbytes -= n
+
+
 def write_tensors(folder: Path, tasks: Iterable[TensorTask], shard_bytes: int = DEFAULT_SHARD_BYTES, *,
                   threads: int = 1, budget: int | None = None) -> list[str]:
     """Write tasks into `folder` as model.safetensors or shards + index. Returns the file names.
@@ -325,8 +384,22 @@ def write_tensors(folder: Path, tasks: Iterable[TensorTask], shard_bytes: int = 
     meta = {"format": "pt"}
     names = ([SINGLE_NAME] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    budget = budget if budget is not None else pipeline_budget(tasks)
     made = _made_in_order(tasks, threads, budget)
     written: dict[str, tuple[Path, int]] = {}  # name -> (file, offset of its bytes)
+    # Large tensors reuse the buffers of earlier ones (surgery/buffers.py), up to the budget.
+    with pooled(budget // 2):
+        _write_shards(folder, names, shards, meta, made, written)
+    if len(shards) == 1:
+        return names
+    weight_map = {t.name: name for name, shard in zip(names, shards) for t in shard}
+    index = {"metadata": {"total_size": sum(t.nbytes for t in tasks)}, "weight_map": weight_map}
+    (folder / INDEX_NAME).write_text(json.dumps(index, indent=2))
+    return names + [INDEX_NAME]
+
+
+def _write_shards(folder: Path, names: list[str], shards: list[list[TensorTask]], meta: dict, made,
+                  written: dict[str, tuple[Path, int]]) -> None:
     try:
         for name, shard in zip(names, shards):
             with open(folder / name, "wb") as f:
@@ -334,19 +407,15 @@ def write_tensors(folder: Path, tasks: Iterable[TensorTask], shard_bytes: int = 
                 for task in shard:
                     _, x = next(made)
                     written[task.name] = (folder / name, f.tell())
-                    if x is None:
+                    if task.zeros:
+                        _write_zeros(f, task.nbytes)
+                    elif x is None:
                         _copy_bytes(*written[task.same_as], f, task.nbytes)
                     elif x.numel():
                         f.write(memoryview(x.reshape(-1).view(torch.uint8).numpy()))  # no bytes copy
                     del x
     finally:
         made.close()  # on an error: cancel what is queued, wait for the workers
-    if len(shards) == 1:
-        return names
-    weight_map = {t.name: name for name, shard in zip(names, shards) for t in shard}
-    index = {"metadata": {"total_size": sum(t.nbytes for t in tasks)}, "weight_map": weight_map}
-    (folder / INDEX_NAME).write_text(json.dumps(index, indent=2))
-    return names + [INDEX_NAME]
 
 
 def _model_tasks(model) -> tuple[dict, list[TensorTask]]:

@@ -13,6 +13,7 @@ import torch
 
 from surgery.errors import SurgeryError
 from surgery.families.build import give_own_head, layout_of_model, spec_of_model
+from surgery.ops.entries import Zero
 from surgery.ops.growth import OPS, GrowthPlan, parse_op, plan_growth
 from surgery.ops.optim import grow_state, load_optimizer_state, optimizer_state_by_name
 from surgery.spec import ModelSpec
@@ -199,6 +200,11 @@ def grow_checkpoint(src_dir, dst: ModelSpec, op: str, out_dir, seed: int = 0, op
                 raise SurgeryError(f"{src_dir}: checkpoint has no tensor {s.hf}")
             return ckpt.get(name)
 
+        def read_into(self, neutral, out) -> bool:
+            s = plan.src_view[neutral]
+            name = next((n for n in (s.hf, *s.aliases) if n in ckpt), None)
+            return name is not None and ckpt.read_into(name, out)
+
         def moment(self, neutral, key):
             return None
 
@@ -217,7 +223,8 @@ def grow_checkpoint(src_dir, dst: ModelSpec, op: str, out_dir, seed: int = 0, op
         # Depth growth repeats a layer's entries (stacked copies, identity blocks' q/k/v/ffn-in):
         # the same entry makes the same bytes, so they are copied, not made again.
         tasks.append(TensorTask(s.hf, s.shape(plan.dst_dims), out_dtype, (lambda e=e: e.weight(source)),
-                                working_bytes(e, src_bytes, elem), same_as=first.get(id(e))))
+                                working_bytes(e, src_bytes, elem), same_as=first.get(id(e)),
+                                zeros=type(e) is Zero))
         first.setdefault(id(e), s.hf)
     tasks += [TensorTask(n, ckpt.tensors[n].shape, ckpt.dtype(n), (lambda n=n: ckpt.get(n))) for n in passthrough]
     config = dict(plan.config)

@@ -14,6 +14,7 @@ from typing import Callable, Protocol
 
 import torch
 
+from surgery.buffers import empty
 from surgery.ops.mapping import Mapping
 from surgery.view import Axis, Kind, Role
 
@@ -135,17 +136,49 @@ class Widen(Entry):
         # differs along every other axis (more symmetry broken per unit).
         return sorted(range(len(self.axes)), key=lambda a: self.axes[a].role is Role.IN)
 
+    def _read_in_place(self, src, grown: list[int]):
+        """(final, its block of kept units holding the source tensor), the source read straight
+        into that block (a checkpoint's bytes land where they stay: no buffer, no copy), when
+        every grown axis keeps its old units in place and grows by copying; else None."""
+        read_into = getattr(src, "read_into", None)
+        if read_into is None or not isinstance(self.base, Read) or not grown or len(self.shape) != 2:
+            return None
+        maps = [self.rule.maps[self.axes[a].kind] for a in grown]
+        if not all(self.axes[a].role in (Role.OUT, Role.IN) and m.keeps_old for a, m in zip(grown, maps)):
+            return None
+        rule = self.rule
+        for a, m in zip(grown, maps):
+            # Padding filled from a reduction over the source (its mean, its RMS): a reduction over
+            # the strided block would add in another order than over a contiguous tensor, and the
+            # bytes must not depend on where the source was read to.
+            out_mean = self.axes[a].role is Role.OUT and rule.pad_fill == "mean"
+            in_rms = self.axes[a].role is Role.IN and rule.split == "random" and rule.pad_fill == "zero"
+            if (out_mean or in_rms) and m.pad_positions.numel():
+                return None
+        final = empty(self.shape, torch.float32)
+        kept = final
+        for a, m in zip(grown, maps):
+            kept = kept.narrow(a, 0, m.old)
+        return (final, kept) if read_into(self.base.name, kept) else None
+
     def weight(self, src):
-        t = self.base.weight(src)
         grown = [a for a in self._axes_in_order()
                  if (m := self.rule.maps.get(self.axes[a].kind)) is not None and not m.is_identity]
+        direct = self._read_in_place(src, grown)
+        final, t = direct if direct is not None else (None, self.base.weight(src))
+        if direct is not None and len(grown) == 1:
+            # The kept units already hold the source: the growth fills the rest in place.
+            a = grown[0]
+            return grow_axis(t, a, self.axes[a].role, self.rule.maps[self.axes[a].kind], self.rule, self.name,
+                             out=final)
         if len(grown) == 2 and all(self.axes[a].role in (Role.OUT, Role.IN) for a in grown) \
                 and self.rule.maps[self.axes[grown[1]].kind].keeps_old:
             # A matrix grown along both axes: the first growth is written straight into the
             # second one's kept units, which then grows in place - no intermediate tensor.
             (a1, a2), rule = grown, self.rule
             m1, m2 = rule.maps[self.axes[a1].kind], rule.maps[self.axes[a2].kind]
-            final = torch.empty(self.shape, dtype=t.dtype)
+            if final is None:
+                final = empty(self.shape, t.dtype)
             region = final.narrow(a2, 0, m2.old)
             made = grow_axis(t, a1, self.axes[a1].role, m1, rule, self.name, out=region)
             if made is not region:

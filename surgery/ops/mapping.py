@@ -12,6 +12,26 @@ from functools import cached_property
 
 import torch
 
+from surgery.buffers import empty
+
+_SELECT_BLOCK = 1 << 20  # elements of t per block when gathering from a strided t
+
+
+def _select(t: torch.Tensor, axis: int, idx: torch.Tensor) -> torch.Tensor:
+    """t.index_select(axis, idx) into a reused buffer where one is at hand (surgery/buffers.py).
+    From a strided t (the kept block of a tensor grown in place) torch would first copy all of t
+    to fresh contiguous memory; gathered in blocks of rows, the copy is one small block at a time."""
+    shape = list(t.shape)
+    shape[axis] = idx.numel()
+    out = empty(shape, t.dtype)
+    if t.is_contiguous() or axis == 0 or t.dim() < 2 or not t.numel():
+        return torch.index_select(t, axis, idx, out=out)
+    rows = max(1, _SELECT_BLOCK // (t.numel() // t.shape[0]))
+    for r0 in range(0, t.shape[0], rows):
+        n = min(rows, t.shape[0] - r0)
+        torch.index_select(t.narrow(0, r0, n).contiguous(), axis, idx, out=out.narrow(0, r0, n))
+    return out
+
 
 @dataclass(frozen=True)
 class Mapping:
@@ -53,24 +73,34 @@ class Mapping:
             return v.reshape(shape)
 
         if not self.keeps_old:
-            g = t.index_select(axis, self.src.clamp(min=0))
+            g = _select(t, axis, self.src.clamp(min=0))
             if divisor is not None:
                 g.div_(along(divisor))
             return g if out is None else out.copy_(g)
         if out is None:
             shape = list(t.shape)
             shape[axis] = self.new
-            out = torch.empty(shape, dtype=t.dtype)
+            out = empty(shape, t.dtype)
         kept = out.narrow(axis, 0, self.old)
         in_place = kept.data_ptr() == t.data_ptr() and kept.stride() == t.stride()
         extra = self.src[self.old:]
         copied = (extra >= 0).nonzero().flatten()
-        # The new units first: in place, the kept units are about to change.
-        g = t.index_select(axis, extra[copied]) if copied.numel() else None
+        # The new units first: in place, the kept units are about to change. Straight into out
+        # where that slice is one contiguous block (rows; columns would be a strided gather, slower
+        # than gathering into a temporary and copying).
+        dest = out.narrow(axis, self.old, extra.numel())
+        direct = copied.numel() == extra.numel() > 0 and dest.is_contiguous()
+        if direct:
+            torch.index_select(t, axis, extra, out=dest)
+            g = None
+        else:
+            g = _select(t, axis, extra[copied]) if copied.numel() else None
         if divisor is not None:
             torch.div(t, along(divisor[: self.old]), out=kept)
         elif not in_place:
             kept.copy_(t)
+        if direct and divisor is not None:
+            dest.div_(along(divisor[self.old:]))
         if g is not None:
             if divisor is not None:
                 g.div_(along(divisor[self.old:][copied]))

@@ -147,6 +147,12 @@ def recipe_for(sc: Scale, pair_name: str, label: str, sweep_at: float | None = N
     return models + f'pretrained S = "{src}"\n\ngrow S init-{op} B\n\n' + _train_block(sc, pair)
 
 
+def sweep_of(sweep_op: str) -> tuple[str, str]:
+    """`PAIR:OP` (or `OP`, on the t5 pair) -> (pair, op label)."""
+    pair, _, label = sweep_op.rpartition(":")
+    return pair or "t5", label
+
+
 def jobs(sc: Scale, runs: Path, sweep_op: str | None = None, only: set[str] | None = None) -> list[Job]:
     """Every run of the benchmark, in the order they should start: the small models; the headline
     pairs seed by seed (scratch and the headline op side by side, so their wall times compare);
@@ -168,7 +174,7 @@ def jobs(sc: Scale, runs: Path, sweep_op: str | None = None, only: set[str] | No
             done = ("scratch", sc.pairs[p].headline) if sc.pairs[p].headline else ()
             out += [job(p, label, seed) for label in sc.ops(p) if label not in done]
     if sweep_op:
-        p, label = sweep_op.split(":") if ":" in sweep_op else ("t5", sweep_op)
+        p, label = sweep_of(sweep_op)
         for seed in range(sc.sweep_seeds):
             for at in sc.sweep:
                 out.append(Job(f"{p}-sweep-{label}@{at:g}-s{seed}", p, f"sweep-{label}@{at:g}", seed,
@@ -201,8 +207,8 @@ class Bench:
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.scale.threads)
         return env
 
-    def state(self, job: Job) -> str:
-        d = self.runs / job.name
+    def state(self, job: Job | str) -> str:
+        d = self.runs / (job if isinstance(job, str) else job.name)
         if (d / "summary.json").exists():
             return "done"
         return "resume" if (d / "checkpoints" / "latest").exists() else "new"
@@ -248,7 +254,7 @@ class Bench:
         pending, running = list(todo), set()
 
         def ready(job):
-            return all(self.state(Job(n, "", "", 0, "")) == "done" or dry_run for n in job.needs)
+            return all(self.state(n) == "done" or dry_run for n in job.needs)
 
         def lane():
             while True:
@@ -340,8 +346,8 @@ def measure(bench: Bench, sweep_op: str | None = None) -> dict:
         small = tail_loss(val_curve(runs / small_name(p)))
         per_op: dict[str, dict] = {}
         rows = []
-        labels = list(sc.ops(p)) + ([f"sweep-{sweep_op.split(':')[-1]}@{a:g}" for a in sc.sweep]
-                                     if sweep_op and sweep_op.split(":")[0] in (p, sweep_op) else [])
+        labels = list(sc.ops(p)) + ([f"sweep-{sweep_of(sweep_op)[1]}@{a:g}" for a in sc.sweep]
+                                     if sweep_op and sweep_of(sweep_op)[0] == p else [])
         for label in labels:
             steps_pct, wall_pct, finals, margins = [], [], [], []
             for seed in range(max(sc.seeds, sc.headline_seeds, sc.sweep_seeds)):

@@ -244,12 +244,17 @@ class _Pipeline:
         self.written = 0  # tasks handed to the writer
         self.closed = False
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="surgery-grow", initializer=_one_torch_thread)
+        # Tasks admitted past the one being written: enough to keep every worker busy while the
+        # writer writes; more only holds memory (and first touches of fresh buffers) when the
+        # writer is the bottleneck.
+        self.ahead = 2 * threads
 
     def _admit(self) -> None:
         with self.lock:
             while not self.closed and self.next < len(self.tasks):
                 t = self.tasks[self.next]
-                if self.next > self.written and self.held + t.working_bytes > self.budget:
+                if self.next > self.written and (self.held + t.working_bytes > self.budget
+                                                  or self.next > self.written + self.ahead):
                     break
                 self.held += t.working_bytes
                 if not t.computed:
@@ -388,7 +393,7 @@ def write_tensors(folder: Path, tasks: Iterable[TensorTask], shard_bytes: int = 
     made = _made_in_order(tasks, threads, budget)
     written: dict[str, tuple[Path, int]] = {}  # name -> (file, offset of its bytes)
     # Large tensors reuse the buffers of earlier ones (surgery/buffers.py), up to the budget.
-    with pooled(budget // 2):
+    with pooled(budget):
         _write_shards(folder, names, shards, meta, made, written)
     if len(shards) == 1:
         return names

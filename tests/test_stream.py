@@ -12,7 +12,7 @@ import surgery.io as sio
 from surgery.cli import app
 from surgery.errors import SurgeryError
 from surgery.io import load_checkpoint, save_checkpoint
-from surgery.ops import entries, grow_checkpoint, grow_model, plan_checkpoint
+from surgery.ops import entries, grow_checkpoint, grow_model, mapping, plan_checkpoint
 from tests.tiny import model, spec
 
 runner = CliRunner()
@@ -31,6 +31,7 @@ CASES = {
 def small_blocks(monkeypatch):
     # Tiny tensors would otherwise fit one block: make every random split span several.
     monkeypatch.setattr(entries, "BLOCK_ELEMS", 40)
+    monkeypatch.setattr(mapping, "_CACHE_BLOCK", 50)  # matrices grown in place: several row blocks
 
 
 def folder_bytes(path: Path) -> dict[str, bytes]:
@@ -66,6 +67,24 @@ def test_streamed_equals_in_memory(tmp_path, case, small_blocks):
     state = grown.state_dict()
     for name in streamed.names():
         assert torch.equal(streamed.get(name), state[name]), name
+
+
+@pytest.mark.parametrize("divided", [False, True])
+@pytest.mark.parametrize("m", [mapping.copies_then_random(10, 17, torch.Generator().manual_seed(0)),
+                               mapping.copies_then_padding(10, 25)], ids=["copies", "padding"])
+def test_columns_grown_in_place_by_row_blocks_equal_a_plain_gather(m, divided, small_blocks):
+    """A reader matrix read straight into its grown tensor grows its columns there, block of rows
+    by block of rows; the bytes are those of gathering from a separate copy of the source."""
+    t = torch.randn(23, 10)
+    divisor = m.count[m.src.clamp(min=0)] if divided else None
+    plain = m.gather(t, 1, divisor, out=torch.full((23, m.new), 7.0))
+    out = torch.full((23, m.new), 7.0)
+    out[:, :10] = t
+    made = m.gather(out[:, :10], 1, divisor, out=out)
+    assert made is out
+    assert torch.equal(out, plain)  # padding columns left unset by both
+    assert torch.equal(out[:, 10:][:, m.src[10:] >= 0], (t[:, m.src[10:][m.src[10:] >= 0]]
+                                                          / (divisor[10:][m.src[10:] >= 0] if divided else 1)))
 
 
 def test_split_blocks_sum_to_the_source_and_differ(small_blocks):

@@ -15,6 +15,9 @@ import torch
 from surgery.buffers import empty
 
 _SELECT_BLOCK = 1 << 20  # elements of t per block when gathering from a strided t
+# Elements per row block when a matrix grows its columns in place: small enough that a block read
+# from memory once stays in the core's cache for the gather, the division and the copy.
+_CACHE_BLOCK = 1 << 18
 
 
 def _select(t: torch.Tensor, axis: int, idx: torch.Tensor) -> torch.Tensor:
@@ -85,6 +88,9 @@ class Mapping:
         in_place = kept.data_ptr() == t.data_ptr() and kept.stride() == t.stride()
         extra = self.src[self.old:]
         copied = (extra >= 0).nonzero().flatten()
+        if in_place and t.dim() == 2 and axis == 1 and out.is_contiguous():
+            self._columns_in_place(out, extra, copied, divisor)
+            return out
         # The new units first: in place, the kept units are about to change. Straight into out
         # where that slice is one contiguous block (rows; columns would be a strided gather, slower
         # than gathering into a temporary and copying).
@@ -109,6 +115,31 @@ class Mapping:
             else:
                 out.index_copy_(axis, copied + self.old, g)
         return out
+
+    def _columns_in_place(self, out: torch.Tensor, extra: torch.Tensor, copied: torch.Tensor,
+                          divisor: torch.Tensor | None) -> None:
+        """gather() along the columns of a matrix whose first `old` columns already hold t, by row
+        blocks: each block comes from memory once for its new columns and its division, where
+        whole-matrix passes would stream it through memory three times (a reader's columns are
+        what every width op grows)."""
+        old, cols = self.old, extra[copied]
+        every = copied.numel() == extra.numel()
+        d_old = divisor[: self.old] if divisor is not None else None
+        d_new = divisor[self.old:][copied] if divisor is not None else None
+        rows = max(1, _CACHE_BLOCK // out.shape[1])
+        for r0 in range(0, out.shape[0], rows):
+            block = out.narrow(0, r0, min(rows, out.shape[0] - r0))
+            kept = block.narrow(1, 0, old)
+            if cols.numel():
+                g = torch.index_select(block, 1, cols)  # cols < old: kept columns; block is contiguous
+                if d_new is not None:
+                    g.div_(d_new)
+                if every:
+                    block.narrow(1, old, extra.numel()).copy_(g)
+                else:
+                    block.index_copy_(1, copied + old, g)
+            if d_old is not None:
+                kept.div_(d_old)
 
     @cached_property
     def pad_positions(self) -> torch.Tensor:

@@ -179,7 +179,7 @@ class TensorTask:
     # its bytes are copied from where that one was written instead of being made again.
     same_as: str | None = None
     # All zero bytes (depth growth's identity blocks zero what writes into the residual stream):
-    # written from one shared zero buffer, never made.
+    # never made or written: left as a hole of the file, which reads as zeros.
     zeros: bool = False
 
     @property
@@ -359,17 +359,6 @@ def _copy_bytes(src: Path, offset: int, f, nbytes: int) -> None:
     f.seek(pos + nbytes)
 
 
-_ZERO_CHUNK = 16 << 20
-
-
-def _write_zeros(f, nbytes: int) -> None:
-    zero = memoryview(bytes(min(nbytes, _ZERO_CHUNK)))
-    while nbytes:
-        n = min(nbytes, len(zero))
-        f.write(zero[:n])
-        nbytes -= n
-
-
 def write_tensors(folder: Path, tasks: Iterable[TensorTask], shard_bytes: int = DEFAULT_SHARD_BYTES, *,
                   threads: int = 1, budget: int | None = None) -> list[str]:
     """Write tasks into `folder` as model.safetensors or shards + index. Returns the file names.
@@ -413,12 +402,14 @@ def _write_shards(folder: Path, names: list[str], shards: list[list[TensorTask]]
                     _, x = next(made)
                     written[task.name] = (folder / name, f.tell())
                     if task.zeros:
-                        _write_zeros(f, task.nbytes)
+                        # A hole: the file reads as zeros there, and no byte is copied or written.
+                        f.seek(task.nbytes, os.SEEK_CUR)
                     elif x is None:
                         _copy_bytes(*written[task.same_as], f, task.nbytes)
                     elif x.numel():
                         f.write(memoryview(x.reshape(-1).view(torch.uint8).numpy()))  # no bytes copy
                     del x
+                f.truncate()  # the size, where the shard ends in a hole
     finally:
         made.close()  # on an error: cancel what is queued, wait for the workers
 

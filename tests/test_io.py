@@ -37,6 +37,31 @@ def test_sharded_write_and_read(tmp_path):
     assert rel_change(logits(reload(tmp_path / "m", "BertForMaskedLM"), batch()), logits(m, batch())) == 0.0
 
 
+@pytest.mark.parametrize("shard_bytes", [10**6, 64])
+def test_zero_tensors_are_holes_that_read_as_zeros(tmp_path, shard_bytes):
+    """Zero tensors are never written (holes of the file), also where a shard ends with them: the
+    files are as long as their headers say and read back as zeros with safetensors itself."""
+    from safetensors.torch import load_file
+
+    from surgery.io import write_tensors
+
+    a = torch.randn(4, 3)
+    tasks = [TensorTask("a", (4, 3), torch.float32, lambda: a.clone()),
+             TensorTask("z", (5, 4), torch.float32, None, zeros=True),
+             TensorTask("b", (2,), torch.float32, lambda: torch.ones(2)),
+             TensorTask("z2", (8,), torch.float32, None, zeros=True)]
+    (tmp_path / "m").mkdir()
+    names = write_tensors(tmp_path / "m", tasks, shard_bytes=shard_bytes, threads=2)
+    got = {}
+    for n in names:
+        if n.endswith(".safetensors"):
+            got.update(load_file(str(tmp_path / "m" / n)))  # refuses a file shorter than its header
+    assert torch.equal(got["a"], a) and torch.equal(got["b"], torch.ones(2))
+    assert torch.equal(got["z"], torch.zeros(5, 4)) and torch.equal(got["z2"], torch.zeros(8))
+    # 64 bytes a shard: [a], [z], [b, z2]; each layout ends with a hole
+    assert len([n for n in names if n.endswith(".safetensors")]) == (1 if shard_bytes > 1000 else 3)
+
+
 @pytest.mark.parametrize("fam,op,dims", [("t5", "dl", dict(layers=3, decoder_layers=3, d_model=24, heads=6, d_ff=48)),
                                          ("bert", "da", dict(layers=3, d_model=32, heads=8, d_ff=128)),
                                          ("t5", "f", dict(d_model=32, heads=8, d_ff=64))])

@@ -148,12 +148,11 @@ class Widen(Entry):
             return None
         rule = self.rule
         for a, m in zip(grown, maps):
-            # Padding filled from a reduction over the source (its mean, its RMS): a reduction over
-            # the strided block would add in another order than over a contiguous tensor, and the
-            # bytes must not depend on where the source was read to.
-            out_mean = self.axes[a].role is Role.OUT and rule.pad_fill == "mean"
-            in_rms = self.axes[a].role is Role.IN and rule.split == "random" and rule.pad_fill == "zero"
-            if (out_mean or in_rms) and m.pad_positions.numel():
+            # Padding filled from the mean over the source's rows: a reduction down the strided
+            # block would add in another order than over a contiguous tensor, and the bytes must
+            # not depend on where the source was read to. (`l`'s RMS sums row by row: each row is
+            # contiguous in both.)
+            if self.axes[a].role is Role.OUT and rule.pad_fill == "mean" and m.pad_positions.numel():
                 return None
         final = empty(self.shape, torch.float32)
         kept = final
@@ -277,9 +276,13 @@ def _random_split(t, g, axis, m: Mapping, rule: WidthRule, name: str) -> torch.T
     if not shared.numel() and not draw_pad:
         return g
     src_of_shared = m.src[shared]
+    p0 = int(pads[0]) if pads.numel() else 0
+    pads_in_a_row = bool(pads.numel()) and bool((pads == torch.arange(p0, p0 + pads.numel())).all())
     # The tensor's scale: its root mean square (one pass; the std's two passes cost as much as
-    # the rest of the split).
-    scale = float(torch.linalg.vector_norm(t)) / max(t.numel(), 1) ** 0.5 if draw_pad else 0.0
+    # the rest of the split). Row by row first: each row is contiguous whether or not t is a block
+    # of a larger tensor, so the sum runs vectorised and in the same order either way.
+    scale = (float(torch.linalg.vector_norm(torch.linalg.vector_norm(t, dim=-1)))
+             / max(t.numel(), 1) ** 0.5 if draw_pad and t.numel() else 0.0)
     bd, step = split_blocks(tuple(g.shape), axis)
     rows = g.shape[bd] if bd is not None else 1
     for b, r0 in enumerate(range(0, rows, step)):
@@ -297,7 +300,11 @@ def _random_split(t, g, axis, m: Mapping, rule: WidthRule, name: str) -> torch.T
         if draw_pad:
             shape = list(gb.shape)
             shape[axis] = pads.numel()
-            gb.index_copy_(axis, pads, torch.randn(shape, generator=gen).mul_(scale))
+            drawn = torch.randn(shape, generator=gen).mul_(scale)
+            if pads_in_a_row:  # LEMON's padding: the last units, a plain strided copy
+                gb.narrow(axis, p0, pads.numel()).copy_(drawn)
+            else:
+                gb.index_copy_(axis, pads, drawn)
     return g
 
 

@@ -201,3 +201,30 @@ def test_repeated_layers_copied_without_copy_file_range(tmp_path, monkeypatch):
     ckpt = load_checkpoint(tmp_path / "buffered")
     name = "bert.encoder.layer.{}.attention.self.query.weight"
     assert torch.equal(ckpt.get(name.format(2)), ckpt.get(name.format(0)))
+
+
+def test_pipeline_runs_at_most_2n_tensors_ahead_of_the_writer():
+    """Workers make tensors ahead of the writer within the budget and at most 2N ahead (N
+    workers): further ahead, made tensors would only wait, holding memory and fresh buffers."""
+    import threading
+    import time
+
+    started, lock = [], threading.Lock()
+
+    def make(i):
+        with lock:
+            started.append(i)
+        return torch.full((4,), float(i))
+
+    tasks = [sio.TensorTask(f"t{i}", (4,), torch.float32, (lambda i=i: make(i))) for i in range(30)]
+    ahead = []
+    for i, (task, x) in enumerate(sio._Pipeline(tasks, threads=2, budget=10**9)):
+        # A slow writer: wait until the workers have made all they may, then a little more.
+        deadline = time.monotonic() + 2
+        while len(started) < min(i + 5, 30) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(0.003)
+        with lock:
+            ahead.append(len(started) - i)
+        assert torch.equal(x, torch.full((4,), float(i)))
+    assert max(ahead) == 2 * 2 + 1  # the tensor being written and 2N more, never further

@@ -15,28 +15,10 @@ import torch
 
 from surgery.families import FAMILIES
 from surgery.ops import grow_model
-from tests.tiny import batch, logits, model, rel_change, spec
+from tests.tiny import batch, deeper, logits, model, rel_change, spec, wider
 
 TOL = 1e-5
 GROWABLE = [n for n, f in FAMILIES.items() if f.has_view]
-
-
-def _wider(family: str, k: float = 2.0) -> dict:
-    s = spec(family)
-    dims = dict(d_model=int(s.d_model * k), heads=int(s.heads * k), d_ff=int(s.d_ff * k))
-    if s.kv_heads is not None:
-        dims["kv_heads"] = int(s.kv_heads * k)
-    if s.d_kv is not None:
-        dims.pop("heads")
-    return dims
-
-
-def _deeper(family: str) -> dict:
-    s = spec(family)
-    out = {"layers": s.layers + 2}
-    if s.decoder_layers is not None:
-        out["decoder_layers"] = s.decoder_layers + 1
-    return out
 
 
 def _grow(family: str, op: str, dims: dict, options=None):
@@ -50,10 +32,10 @@ def _grow(family: str, op: str, dims: dict, options=None):
 
 def _exact_ops(family: str) -> list[tuple[str, dict]]:
     pre = FAMILIES[family].norm_position == "pre"
-    cases = [("f", _wider(family)), ("l", _wider(family)), ("d(identity)", _deeper(family)),
-             ("dl", {**_wider(family), **_deeper(family)})]
+    cases = [("f", wider(family)), ("l", wider(family)), ("d(identity)", deeper(family)),
+             ("dl", {**wider(family), **deeper(family)})]
     if pre:
-        cases.append(("l", _wider(family, 1.5)))
+        cases.append(("l", wider(family, 1.5)))
     return cases
 
 
@@ -68,8 +50,8 @@ def test_exact_ops_keep_the_logits(family, op, dims):
 @pytest.mark.parametrize("family", GROWABLE)
 @pytest.mark.parametrize("op", ["d", "a", "da", "df"])
 def test_every_other_op_gives_the_target_model(family, op, tmp_path):
-    dims = {"d": _deeper(family), "a": _wider(family), "da": {**_wider(family), **_deeper(family)},
-            "df": {**_wider(family), **_deeper(family)}}[op]
+    dims = {"d": deeper(family), "a": wider(family), "da": {**wider(family), **deeper(family)},
+            "df": {**wider(family), **deeper(family)}}[op]
     _, grown, err, dst = _grow(family, op, dims)
     assert grown.num_parameters() == dst.params
     assert grown.config.to_dict()[next(k for k in FAMILIES[family].dim_keys if "layer" in k)] == dst.layers

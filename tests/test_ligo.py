@@ -27,28 +27,11 @@ from surgery.ops.ligo import (
     plan_ligo,
     small_tensors,
 )
+from tests import resume
 from tests.fixtures_text import documents
-from tests.tiny import batch, logits, loss, model, rel_change, spec
+from tests.tiny import batch, deeper, logits, loss, model, rel_change, spec, wider
 
 GROWABLE = [n for n, f in FAMILIES.items() if f.has_view]
-
-
-def _wider(family: str) -> dict:
-    s = spec(family)
-    dims = {"d_model": 2 * s.d_model, "heads": 2 * s.heads, "d_ff": 2 * s.d_ff}
-    if s.kv_heads is not None:
-        dims["kv_heads"] = 2 * s.kv_heads
-    if s.d_kv is not None:
-        dims.pop("heads")
-    return dims
-
-
-def _deeper(family: str) -> dict:
-    s = spec(family)
-    out = {"layers": s.layers + 2}
-    if s.decoder_layers is not None:
-        out["decoder_layers"] = s.decoder_layers + 1
-    return out
 
 
 def _no_fit(m, src, dst, **kw):
@@ -59,7 +42,7 @@ def _no_fit(m, src, dst, **kw):
 def test_initialised_operator_is_the_plain_op(family, op):
     """Unfitted, ligo is stacking for depth and FPI for width: the same tensors as `d`/`f`/`df`
     (same seed: same mappings) within 1e-6, and the same logits."""
-    dims = {"d": _deeper(family), "f": _wider(family), "df": {**_wider(family), **_deeper(family)}}[op]
+    dims = {"d": deeper(family), "f": wider(family), "df": {**wider(family), **deeper(family)}}[op]
     src, dst = spec(family), spec(family, **dims)
     m = model(src)
     plain = grow_model(m, src, dst, op, seed=5).model.eval()
@@ -99,7 +82,7 @@ def test_layer_selection_is_the_starting_point():
 
 def _perturbed(family: str):
     src = spec(family)
-    dst = spec(family, **_wider(family), **_deeper(family))
+    dst = spec(family, **wider(family), **deeper(family))
     m = model(src)
     plan = plan_ligo(m, src, dst, seed=3)
     op = LigoOperator(plan)
@@ -172,7 +155,7 @@ def test_materialised_model_computes_what_the_operator_computes(family):
 @pytest.mark.parametrize("family", ["t5", "llama"])
 def test_fit_lowers_the_loss_on_a_fixed_batch(family):
     src = spec(family)
-    dst = spec(family, **_wider(family), **_deeper(family))
+    dst = spec(family, **wider(family), **deeper(family))
     m = model(src)
     ids = batch(1, b=4)
     with torch.no_grad():
@@ -206,7 +189,6 @@ def _recipe(tmp_path, n=3):
 
 
 def test_run_counts_the_fit_as_steps_and_resumes_consistently(tmp_path):
-    from safetensors.torch import load_file
 
     from surgery.plan import plan_file
     from surgery.train.loop import Trainer
@@ -230,11 +212,9 @@ def test_run_counts_the_fit_as_steps_and_resumes_consistently(tmp_path):
     # inside the grown stage (after the fit), resume: the same weights and the same accounting.
     for stop in (8, 12):
         cut = tmp_path / f"cut{stop}"
-        Trainer(segments, settings, cut, run_name="t", quiet=True, corpus_base=tmp_path, stop_after_step=stop).run()
-        again = Trainer(segments, settings, cut, run_name="t", quiet=True, corpus_base=tmp_path, resume=True).run()
+        again = resume.stop_and_resume(segments, settings, cut, tmp_path, stop=stop)
         assert (again["steps"], again["tokens"]) == (summary["steps"], summary["tokens"])
-        a, b = load_file(full / "final" / "model.safetensors"), load_file(cut / "final" / "model.safetensors")
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), stop
+        assert resume.same_final_weights(full, cut), stop
         resumed = [json.loads(l) for l in (cut / "metrics.jsonl").read_text().splitlines()]
         lig = [r for r in resumed if r.get("event") == "ligo"]
         untimed = lambda r: {k: v for k, v in r.items() if k not in ("fit_s", "wall_s")}

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from surgery.cli import app
@@ -16,6 +15,7 @@ from surgery.errors import RecipeError
 from surgery.moe import upcycle, upcycle_optimizer_state
 from surgery.plan import build_plan
 from surgery.recipe import parse_recipe
+from tests import resume
 from tests.fixtures_text import documents
 from tests.tiny import batch, logits, model, spec
 
@@ -182,18 +182,14 @@ def test_run_upcycles_mid_run_keeps_the_loss_and_trains(tmp_path, dense, moe):
 
 def test_run_with_moe_resumes_to_the_same_weights(tmp_path):
     from surgery.plan import plan_file
-    from surgery.train.loop import Trainer
     from surgery.train.schedule import compile_plan
 
     recipe = _recipe(tmp_path, "optimizer_on_grow=grow")
     segments, settings = compile_plan(plan_file(recipe))
     full, cut = tmp_path / "full", tmp_path / "cut"
-    Trainer(segments, settings, full, run_name="t", quiet=True, corpus_base=tmp_path).run()
-    Trainer(segments, settings, cut, run_name="t", quiet=True, corpus_base=tmp_path, stop_after_step=6).run()
-    Trainer(segments, settings, cut, run_name="t", quiet=True, corpus_base=tmp_path, resume=True).run()
-    a = load_file(full / "final" / "model.safetensors")
-    b = load_file(cut / "final" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    resume.run(segments, settings, full, tmp_path)
+    resume.stop_and_resume(segments, settings, cut, tmp_path, stop=6)
+    assert resume.same_final_weights(full, cut)
 
 
 def test_init_moe_upcycles_a_pretrained_checkpoint(tmp_path):

@@ -19,6 +19,7 @@ from surgery.recipe import parse_recipe
 from surgery.shapes import tensor_groups
 from surgery.sharing import SHARED_MODULES, albert_layers, is_tied, tie_shared
 from surgery.spec import ModelSpec
+from tests import resume
 from tests.fixtures_text import documents
 from tests.tiny import VOCAB, batch, logits, model, rel_change, spec
 
@@ -346,18 +347,14 @@ def test_run_trains_a_partially_shared_albert_from_scratch(tmp_path):
 
 def test_run_shares_mid_run_and_resumes_to_the_same_weights(tmp_path):
     from surgery.plan import plan_file
-    from surgery.train.loop import Trainer
     from surgery.train.schedule import compile_plan
 
     recipe = _recipe(tmp_path, "attention", "grow B share(attention)@4steps A")
     segments, settings = compile_plan(plan_file(recipe))
     full, cut = tmp_path / "full", tmp_path / "cut"
-    Trainer(segments, settings, full, run_name="t", quiet=True, corpus_base=tmp_path).run()
-    Trainer(segments, settings, cut, run_name="t", quiet=True, corpus_base=tmp_path, stop_after_step=6).run()
-    Trainer(segments, settings, cut, run_name="t", quiet=True, corpus_base=tmp_path, resume=True).run()
-    a = load_file(full / "final" / "model.safetensors")
-    b = load_file(cut / "final" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    resume.run(segments, settings, full, tmp_path)
+    resume.stop_and_resume(segments, settings, cut, tmp_path, stop=6)
+    assert resume.same_final_weights(full, cut)
     final = load_model(full / "final")
     assert is_tied(final, "attention") and unique_params(final) == segments[-1].spec.params
     rows = [json.loads(l) for l in (full / "metrics.jsonl").read_text().splitlines()]

@@ -17,6 +17,26 @@ def spec(family: str, **dims) -> ModelSpec:
     return ModelSpec(**{**base.model_dump(), **dims})
 
 
+def wider(family: str, k: float = 2.0) -> dict:
+    """Target dims k times the tiny model's width (d_model, heads or d_kv's heads, kv heads, d_ff)."""
+    s = spec(family)
+    dims = dict(d_model=int(s.d_model * k), heads=int(s.heads * k), d_ff=int(s.d_ff * k))
+    if s.kv_heads is not None:
+        dims["kv_heads"] = int(s.kv_heads * k)
+    if s.d_kv is not None:
+        dims.pop("heads")
+    return dims
+
+
+def deeper(family: str) -> dict:
+    """Target dims with 2 more (encoder) layers and 1 more decoder layer where there is a decoder."""
+    s = spec(family)
+    out = {"layers": s.layers + 2}
+    if s.decoder_layers is not None:
+        out["decoder_layers"] = s.decoder_layers + 1
+    return out
+
+
 def model(s: ModelSpec, seed: int = 0):
     """A tiny model whose norms and biases are not at their init values (ones / zeros), so that
     exactness tests see LayerNorm/RMSNorm gains and shifts that matter."""

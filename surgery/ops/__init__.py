@@ -81,12 +81,13 @@ def _new_model(model, config: dict, untied: bool):
 
 
 def _planner(op: str):
-    """plan_growth, or the planner of an op implemented in its own module (msg)."""
-    if op == "msg":
-        from surgery.ops.msg import plan_msg
+    """The op's planner as its registry entry names it (msg's is its own module); plan_growth for
+    the plain ops, and for ops grown only inside a run (ligo: in_run), which it refuses with why."""
+    from surgery.catalog import OPS as CATALOG
+    from surgery.catalog import resolve
 
-        return plan_msg
-    return plan_growth
+    info = CATALOG.get(op)
+    return resolve(info.impl) if info is not None and info.in_run is None else plan_growth
 
 
 def grow_model(model, src: ModelSpec, dst: ModelSpec, op: str, *, seed: int = 0, options: dict | None = None) -> GrownModel:

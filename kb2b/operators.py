@@ -502,6 +502,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, default=ROOT, help="folder holding runs/ and kb2b/ (default: this checkout)")
     a = p.parse_args(argv)
     sc = SCALES[a.scale]()
+    # A misspelt pair or op would silently select nothing (and the rest would run): refuse it.
+    for flag, given, known in (("--pairs", a.pairs, set(sc.pairs)),
+                               ("--ops", a.ops, {label for p in sc.pairs for label in sc.ops(p)}),
+                               ("--sweep", a.sweep and sweep_of(a.sweep)[0], set(sc.pairs))):
+        unknown = sorted(set(given.split(",")) - known) if given else []
+        if unknown:
+            p.error(f"{flag}: unknown {', '.join(unknown)}; the {a.scale} scale has {', '.join(sorted(known))}")
+    if a.sweep and sweep_of(a.sweep)[1] not in sc.ops(sweep_of(a.sweep)[0]):
+        p.error(f"--sweep {a.sweep}: the {sweep_of(a.sweep)[0]} pair has no op {sweep_of(a.sweep)[1]} "
+                f"(it has {', '.join(sc.pairs[sweep_of(a.sweep)[0]].ops)})")
     bench = Bench(sc, root=a.root, lanes=a.lanes)
     if not a.report_only:
         todo = jobs(sc, bench.runs, a.sweep or None, set(a.pairs.split(",")) if a.pairs else None)

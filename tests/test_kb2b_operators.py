@@ -135,3 +135,14 @@ def test_measure_against_the_tail_mean_of_the_same_seed(tmp_path, mini):
     os.utime(r / "t5-a-s1" / "summary.json", (1e9, 1e9))
     a = ops.measure(bench)["pairs"]["t5"]["ops"]["a"]
     assert a["wall_pct"]["values"] == [15.0] and len(a["steps_pct"]["values"]) == 2
+
+
+@pytest.mark.parametrize("args,says", [(["--pairs", "bart"], "--pairs: unknown bart"),
+                                       (["--ops", "msg,lgo"], "--ops: unknown lgo"),
+                                       (["--sweep", "t5:z"], "the t5 pair has no op z"),
+                                       (["--sweep", "gpt:a"], "--sweep: unknown gpt")])
+def test_a_misspelt_selection_is_refused_not_ignored(tmp_path, capsys, args, says):
+    with pytest.raises(SystemExit) as e:
+        ops.main(["mini", *args, "--dry-run", "--root", str(tmp_path)])
+    assert e.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

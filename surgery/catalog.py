@@ -36,6 +36,11 @@ class OpInfo:
     in_run: str | None = None
 
 
+# The planner of the ops that copy units (d, f, a, l and their combinations): its entries say which
+# units of a grown tensor are copies (freeze=old reads them).
+PLAIN_GROWTH = OpInfo.__dataclass_fields__["impl"].default
+
+
 def resolve(impl: str):
     """The object a registry entry names as "module:attribute" (imported when first needed)."""
     import importlib

@@ -132,6 +132,8 @@ def test_plan_reads_and_shows_freeze():
     ("grow S d@100steps B", "freeze=all", "freeze is old(N steps)"),
     ("grow S moe@100steps M", "freeze=old(10steps)", "moe makes a new model class"),
     ("", "freeze=old(10steps)", "the recipe grows nothing"),
+    ("grow S msg(ramp=10)@100steps B", "freeze=old(10steps)", "msg grows its own way"),
+    ("grow S ligo(steps=10)@100steps B", "freeze=old(10steps)", "ligo grows its own way"),
 ])
 def test_plan_refuses_what_freeze_cannot_follow(chain, setting, message):
     with pytest.raises(RecipeError) as info:

@@ -30,7 +30,7 @@ inside the window frees the old parameters at the same step as one that was not 
 
 from __future__ import annotations
 
-from surgery.catalog import COMPRESS_OPS
+from surgery.catalog import COMPRESS_OPS, OPS, PLAIN_GROWTH
 
 
 # ---- the plan ---------------------------------------------------------------------------------
@@ -71,6 +71,12 @@ def check_freeze(part, stages, settings) -> None:
         if g.op in COMPRESS_OPS:
             raise part.err(f"freeze=old(...) follows growth ops (d, f, a, l, ...); {g.op} makes a new model class "
                            "whose parameters are not old ones in place", where)
+        elif OPS[g.op].impl != PLAIN_GROWTH:
+            # The window's masks come from the plain growth's entries (which units are copies).
+            raise part.err(f"freeze=old(...) follows the growth ops that copy units (d, f, a, l and their "
+                           f"combinations), whose new parameters it can tell from the old; {g.op} grows its "
+                           "own way (ligo: every weight a learned mix of old ones; msg: its masks already "
+                           "bring the new units in gradually): remove freeze= or use one of those ops", where)
     if sum(1 for g in grows if g.init) > 1:
         raise part.err("freeze=old(...) follows one init- op; this chain has several before training", where)
 
@@ -120,21 +126,6 @@ def new_masks(plan) -> dict[str, object]:
     return out
 
 
-def growth_of(trainer, index: int):
-    """(source spec, growth, seed) of the growth that starts segment `index`, or None."""
-    seg = trainer.segments[index]
-    if seg.grow is None or seg.grow.op in COMPRESS_OPS:
-        return None
-    if index == 0:  # init-: the pretrained checkpoint grown before training
-        if len(seg.init_chain) > 1:
-            return None
-        src = seg.init_chain[0][1] if seg.init_chain else seg.init_spec
-        seed = trainer.s.seed if seg.grow.seed is None else seg.grow.seed
-        return src, seg.grow, seed
-    seed = trainer.s.seed + index if seg.grow.seed is None else seg.grow.seed
-    return trainer.segments[index - 1].spec, seg.grow, seed
-
-
 class Freezer:
     """Masks the old parameters' gradients before each step of the window and restores the old
     elements of partly new tensors after it."""
@@ -182,12 +173,14 @@ def freezer_for(trainer, index: int, model, step: int):
     start = trainer.bounds[index][0]
     if step >= start + n:
         return None
-    found = growth_of(trainer, index)
-    if found is None:
+    seg = trainer.segments[index]
+    if seg.grow is None or seg.grow.op in COMPRESS_OPS or len(seg.init_chain) > 1:
         return None
-    src, growth, seed = found
     from surgery.families import layout_of_model
     from surgery.ops.growth import plan_growth
+    from surgery.train.schedule import grown_from, growth_seed
+
+    src, growth, seed = grown_from(trainer.segments, index), seg.grow, growth_seed(seg.grow, trainer.s.seed, index)
 
     inner = trainer.acc.unwrap_model(model)
     family, layout = layout_of_model(inner)

@@ -42,7 +42,7 @@ from surgery.train.data import (
     validation_batches,
 )
 from surgery.train.objectives import make_objective
-from surgery.train.schedule import LrCurve, RunSettings, Segment
+from surgery.train.schedule import LrCurve, RunSettings, Segment, growth_seed
 from surgery.train.tokenizer import get_tokenizer
 
 
@@ -218,7 +218,7 @@ class Trainer:
             self.ui.line(f"pretrained {seg.init_from}: {note}")
         chain = seg.init_chain or (((seg.grow, seg.init_spec, seg.spec),) if seg.grow is not None else ())
         for growth, src_spec, dst_spec in chain:
-            model = self.grow(model, src_spec, dst_spec, growth, self.s.seed if growth.seed is None else growth.seed)[0]
+            model = self.grow(model, src_spec, dst_spec, growth, growth_seed(growth, self.s.seed))[0]
         return self.as_objective_class(model)
 
     def transform(self, model, src_spec, dst_spec, growth, seed):
@@ -251,7 +251,7 @@ class Trainer:
 
             teacher = load_checkpoint(seg.init_from).model()
             for growth, src_spec, dst_spec in seg.init_chain[:-1]:
-                teacher = self.grow(teacher, src_spec, dst_spec, growth, self.s.seed if growth.seed is None else growth.seed)[0]
+                teacher = self.grow(teacher, src_spec, dst_spec, growth, growth_seed(growth, self.s.seed))[0]
         self.distil = self._distil_loss(teacher, student, seg.grow.options)
 
     def _distil_loss(self, teacher, student, options: dict):
@@ -452,7 +452,7 @@ class Trainer:
             self.opt_state = None
         elif at == index - 1:
             prev = self.segments[index - 1]
-            seed = self.s.seed + index if seg.grow.seed is None else seg.grow.seed
+            seed = growth_seed(seg.grow, self.s.seed, index)
             before = self.val_losses[-1] if self.val_losses else None
             self.distil = None  # a distillation ends with its stage
             keep = self.s.optimizer_on_grow == "grow"

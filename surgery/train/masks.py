@@ -29,6 +29,7 @@ from surgery.families.build import layout_of_model
 from surgery.growth_rules import same_width
 from surgery.ops.msg import MsgLayout, Ramp, msg_layout
 from surgery.spec import ModelSpec
+from surgery.train.schedule import grown_from, growth_seed
 from surgery.view import Kind, Role, View
 
 
@@ -160,22 +161,12 @@ class MaskedGrowth:
 
 
 # -- the trainer's calls ----------------------------------------------------------------------------
-def _growth_source(trainer, index: int) -> tuple[ModelSpec, int]:
-    """(the spec the segment's msg grows from, its seed), as Trainer.enter_segment / first_model grow."""
-    seg = trainer.segments[index]
-    g = seg.grow
-    if index > 0:
-        return trainer.segments[index - 1].spec, (trainer.s.seed + index if g.seed is None else g.seed)
-    src = seg.init_chain[-1][1] if seg.init_chain else seg.init_spec
-    return src, (trainer.s.seed if g.seed is None else g.seed)
-
-
 def check_ramps(segments, bounds) -> None:
     """Every msg ramp ends inside the stage it starts (the plan checks it when it can count steps)."""
     for i, ((start, end), seg) in enumerate(zip(bounds, segments)):
         if seg.grow is None or seg.grow.op != "msg":
             continue
-        src = segments[i - 1].spec if i > 0 else (seg.init_chain[-1][1] if seg.init_chain else seg.init_spec)
+        src = grown_from(segments, i)
         steps = Ramp.of(seg.grow.options, start, src is None or not same_width(src, seg.spec),
                         src is None or src.stacks != seg.spec.stacks).steps
         if start + steps > end:
@@ -189,7 +180,7 @@ def attach(trainer, index: int, model, step: int) -> MaskedGrowth | None:
     seg = trainer.segments[index]
     if seg.grow is None or seg.grow.op != "msg":
         return None
-    src, seed = _growth_source(trainer, index)
+    src, seed = grown_from(trainer.segments, index), growth_seed(seg.grow, trainer.s.seed, index)
     ramp = Ramp.of(seg.grow.options, trainer.bounds[index][0], not same_width(src, seg.spec), src.stacks != seg.spec.stacks)
     if ramp.done(step):
         return None

@@ -62,6 +62,23 @@ class Segment:
         return to_steps(self.start, steps_per_epoch), to_steps(self.end, steps_per_epoch)
 
 
+def grown_from(segments, index: int) -> ModelSpec | None:
+    """The spec segment `index`'s growth starts from: the previous segment's, or for the first
+    the pretrained checkpoint's (the last init- op's source in a chain); None without a growth."""
+    seg = segments[index]
+    if seg.grow is None:
+        return None
+    if index > 0:
+        return segments[index - 1].spec
+    return seg.init_chain[-1][1] if seg.init_chain else seg.init_spec
+
+
+def growth_seed(growth: Growth, run_seed: int, index: int = 0) -> int:
+    """A growth's seed: its own seed=, else the run's, plus the segment's index for a growth
+    mid-run (init- ops: index 0), so two stages grown alike draw differently."""
+    return run_seed + index if growth.seed is None else growth.seed
+
+
 @dataclass
 class RunSettings:
     corpus: str = "demo"

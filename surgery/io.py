@@ -23,8 +23,6 @@ import json
 import os
 import shutil
 import struct
-import threading
-from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,7 +174,7 @@ class TensorTask:
     make: Callable[[], torch.Tensor]
     cost: int | None = None  # peak bytes while making it (surgery/ops/memory.py); None: 2x its bytes
     # The name of an earlier task known to make the same bytes (a layer repeated by depth growth):
-    # its bytes are copied from where that one was written instead of being made again.
+    # that one's bytes are written here too, by the worker that made them, instead of made again.
     same_as: str | None = None
     # All zero bytes (depth growth's identity blocks zero what writes into the residual stream):
     # never made or written: left as a hole of the file, which reads as zeros.
@@ -219,88 +217,15 @@ def default_threads() -> int:
 
 
 def pipeline_budget(tasks: list[TensorTask]) -> int:
-    """Bytes the pipeline may hold at once (tensors being made plus made ones waiting for the
-    writer): twice the largest single working set, so memory follows the largest tensor, not
-    the thread count or the model."""
+    """Bytes the workers may hold at once (the working sets of the tensors they are making and
+    writing): twice the largest single one, so memory follows the largest tensor, not the thread
+    count or the model."""
     return 2 * max((t.working_bytes for t in tasks), default=0)
 
 
-class _Pipeline:
-    """Makes tasks on a small thread pool, ahead of a writer that takes them in order.
-
-    A task is admitted while the bytes held (working sets of tasks being made, results waiting to
-    be written) stay within the budget; the next task in order is always admitted, so one tensor
-    larger than the budget still runs. Each task is computed from its own inputs (random draws
-    keyed by tensor name), so the bytes do not depend on the thread count or the timing."""
-
-    def __init__(self, tasks: list[TensorTask], threads: int, budget: int):
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.tasks, self.budget = tasks, budget
-        self.lock = threading.RLock()  # a future done at once runs its callback inside _admit
-        self.futures: dict[int, object] = {}
-        self.held = 0  # bytes admitted and not yet released
-        self.next = 0  # next task to admit
-        self.written = 0  # tasks handed to the writer
-        self.closed = False
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="surgery-grow", initializer=_one_torch_thread)
-        # Tasks admitted past the one being written: enough to keep every worker busy while the
-        # writer writes; more only holds memory (and first touches of fresh buffers) when the
-        # writer is the bottleneck.
-        self.ahead = 2 * threads
-
-    def _admit(self) -> None:
-        with self.lock:
-            while not self.closed and self.next < len(self.tasks):
-                t = self.tasks[self.next]
-                if self.next > self.written and (self.held + t.working_bytes > self.budget
-                                                  or self.next > self.written + self.ahead):
-                    break
-                self.held += t.working_bytes
-                if not t.computed:
-                    fut = Future()
-                    fut.set_result(None)
-                else:
-                    fut = self.pool.submit(t.made)
-                self.futures[self.next] = fut
-                self.next += 1
-                # Last: a future already done runs its callback (and a nested _admit) right here.
-                fut.add_done_callback(lambda f, t=t: self._done(f, t))
-
-    def _done(self, fut, task: TensorTask) -> None:
-        # Made: the working set shrinks to the result, which waits for the writer.
-        if task.computed and not fut.cancelled() and fut.exception() is None:
-            with self.lock:
-                self.held -= task.working_bytes - task.nbytes
-            self._admit()
-
-    def __iter__(self):
-        try:
-            for i, task in enumerate(self.tasks):
-                self._admit()
-                x = self.futures.pop(i).result()
-                yield task, x
-                del x
-                with self.lock:
-                    self.held -= task.nbytes if task.computed else 0
-                    self.written = i + 1
-        finally:
-            with self.lock:
-                self.closed = True
-            self.pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _one_torch_thread() -> None:
-    # The pool is the parallelism: intra-op threads on top would oversubscribe the cores.
+    # The workers are the parallelism: intra-op threads on top would oversubscribe the cores.
     torch.set_num_threads(1)
-
-
-def _made_in_order(tasks: list[TensorTask], threads: int, budget: int | None):
-    if threads <= 1:
-        for t in tasks:
-            yield t, (t.made() if t.computed else None)
-        return
-    yield from _Pipeline(tasks, threads, budget if budget is not None else pipeline_budget(tasks))
 
 
 @contextmanager
@@ -335,37 +260,17 @@ def _header(tasks: list[TensorTask], metadata: dict[str, str]) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-def _copy_bytes(src: Path, offset: int, f, nbytes: int) -> None:
-    """Append nbytes of src from offset to the open file f: in the kernel (copy_file_range, no
-    pass through this process's memory) where it can, else by chunks through a small buffer."""
-    f.flush()
-    pos = f.tell()
-    with open(src, "rb", buffering=0) as r:
-        done = 0
-        try:
-            while done < nbytes:
-                n = os.copy_file_range(r.fileno(), f.fileno(), nbytes - done, offset + done, pos + done)
-                if n <= 0:
-                    raise OSError("copy_file_range made no progress")
-                done += n
-        except (AttributeError, OSError):
-            buf = bytearray(min(nbytes - done, 64 << 20) or 1)
-            while done < nbytes:
-                n = os.preadv(r.fileno(), [memoryview(buf)[: min(len(buf), nbytes - done)]], offset + done)
-                if n <= 0:
-                    raise OSError(f"{src}: ended while copying {nbytes} bytes at {offset}") from None
-                os.pwrite(f.fileno(), memoryview(buf)[:n], pos + done)
-                done += n
-    f.seek(pos + nbytes)
-
-
 def write_tensors(folder: Path, tasks: Iterable[TensorTask], shard_bytes: int = DEFAULT_SHARD_BYTES, *,
                   threads: int = 1, budget: int | None = None) -> list[str]:
     """Write tasks into `folder` as model.safetensors or shards + index. Returns the file names.
 
-    Each shard's header is laid out from the planned shapes first; tensors are then made (on
-    `threads` workers, within `budget` bytes held; see _Pipeline) and written in order as soon as
-    they are made. The bytes do not depend on `threads`."""
+    Each shard is laid out from the planned shapes first (header written, length set); tensors
+    are then made on `threads` workers, within `budget` bytes of working sets in hand, and each
+    written at its place as soon as it is made (surgery/shard_writer.py). Tensors with the same
+    bytes as an earlier one (`same_as`) are written from it; zero tensors stay holes. The bytes do
+    not depend on `threads`."""
+    from surgery.shard_writer import Placed, ShardWriter
+
     tasks = list(tasks)
     shards: list[list[TensorTask]] = [[]]
     size = 0
@@ -378,40 +283,32 @@ def write_tensors(folder: Path, tasks: Iterable[TensorTask], shard_bytes: int = 
     meta = {"format": "pt"}
     names = ([SINGLE_NAME] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    headers = [_header(shard, meta) for shard in shards]
+    placed: dict[str, Placed] = {}
+    for i, (shard, header) in enumerate(zip(shards, headers)):
+        offset = len(header)
+        for t in shard:
+            if t.zeros:
+                pass  # a hole: nothing made or written
+            elif t.same_as in placed:
+                placed[t.same_as].places.append((i, offset))
+            else:
+                placed[t.name] = Placed(t, [(i, offset)])
+            offset += t.nbytes
     budget = budget if budget is not None else pipeline_budget(tasks)
-    made = _made_in_order(tasks, threads, budget)
-    written: dict[str, tuple[Path, int]] = {}  # name -> (file, offset of its bytes)
-    # Large tensors reuse the buffers of earlier ones (surgery/buffers.py), up to the budget.
-    with pooled(budget):
-        _write_shards(folder, names, shards, meta, made, written)
+    writer = ShardWriter(folder, names, headers, [sum(t.nbytes for t in shard) for shard in shards])
+    try:
+        # Large tensors reuse the buffers of earlier ones (surgery/buffers.py), up to the budget.
+        with pooled(budget):
+            writer.run(list(placed.values()), threads, budget, init=_one_torch_thread)
+    finally:
+        writer.close()
     if len(shards) == 1:
         return names
     weight_map = {t.name: name for name, shard in zip(names, shards) for t in shard}
     index = {"metadata": {"total_size": sum(t.nbytes for t in tasks)}, "weight_map": weight_map}
     (folder / INDEX_NAME).write_text(json.dumps(index, indent=2))
     return names + [INDEX_NAME]
-
-
-def _write_shards(folder: Path, names: list[str], shards: list[list[TensorTask]], meta: dict, made,
-                  written: dict[str, tuple[Path, int]]) -> None:
-    try:
-        for name, shard in zip(names, shards):
-            with open(folder / name, "wb") as f:
-                f.write(_header(shard, meta))
-                for task in shard:
-                    _, x = next(made)
-                    written[task.name] = (folder / name, f.tell())
-                    if task.zeros:
-                        # A hole: the file reads as zeros there, and no byte is copied or written.
-                        f.seek(task.nbytes, os.SEEK_CUR)
-                    elif x is None:
-                        _copy_bytes(*written[task.same_as], f, task.nbytes)
-                    elif x.numel():
-                        f.write(memoryview(x.reshape(-1).view(torch.uint8).numpy()))  # no bytes copy
-                    del x
-                f.truncate()  # the size, where the shard ends in a hole
-    finally:
-        made.close()  # on an error: cancel what is queued, wait for the workers
 
 
 def _model_tasks(model) -> tuple[dict, list[TensorTask]]:

@@ -1,0 +1,110 @@
+"""The shard writer (surgery/shard_writer.py): which tensor a free worker takes next, the memory
+budget, and a failed write leaving nothing behind."""
+
+import threading
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import surgery.shard_writer as sw
+from surgery.cli import app
+from surgery.io import TensorTask, save_checkpoint, write_tensors
+from surgery.shard_writer import Placed, Schedule
+
+runner = CliRunner()
+
+
+def placed(name: str, shard: int, working: int = 10) -> Placed:
+    task = TensorTask(name, (1,), torch.float32, lambda: torch.zeros(1), cost=working)
+    return Placed(task, [(shard, 0)])
+
+
+def names(ps) -> list[str]:
+    return [p.task.name for p in ps]
+
+
+def test_free_workers_take_from_shards_no_one_is_writing():
+    """Each worker takes the first tensor of a shard nobody is writing (two threads writing one
+    file take turns on its lock); only once every open shard is busy do two share one."""
+    s = Schedule([placed("a0", 0), placed("a1", 0), placed("a2", 0), placed("b0", 1), placed("c0", 2)], 3, 10**6)
+    first = [s.take(), s.take(), s.take()]
+    assert names(first) == ["a0", "b0", "c0"]
+    assert names([s.take()]) == ["a1"]  # every shard busy: the first of the least busy
+    for p in first:
+        s.release(p)
+    assert names([s.take()]) == ["a2"]
+    assert s.take() is Schedule.DONE
+
+
+def test_working_sets_in_hand_stay_within_the_budget():
+    s = Schedule([placed("a", 0, 60), placed("b", 1, 50), placed("c", 2, 30), placed("big", 3, 500)], 4, 100)
+    a = s.take()
+    assert s.take() is None  # b's 50 beside a's 60 is over 100: wait
+    s.release(a)
+    b, c = s.take(), s.take()
+    assert names([b, c]) == ["b", "c"] and s.held == 80
+    assert s.take() is None  # larger than the whole budget: waits until nothing is in hand...
+    s.release(b)
+    assert s.take() is None
+    s.release(c)
+    assert names([s.take()]) == ["big"] and s.held == 500  # ...then runs alone
+    assert s.take() is Schedule.DONE
+
+
+def test_workers_write_different_shards_at_once(tmp_path):
+    """Two workers, two shards: while the first tensor of shard 0 is being made, the other worker
+    makes shard 1's first, not shard 0's second; every tensor lands at its place."""
+    started, both = [], threading.Barrier(2, timeout=10)
+
+    def make(name, value):
+        started.append(name)
+        if name in ("a0", "b0"):
+            both.wait()  # raises (and fails the run) unless a0 and b0 are in hand together
+        return torch.full((256,), value)
+
+    tasks = [TensorTask(n, (256,), torch.float32, (lambda n=n, v=float(i): make(n, v)))
+             for i, n in enumerate(["a0", "a1", "b0", "b1"])]
+    (tmp_path / "m").mkdir()
+    files = write_tensors(tmp_path / "m", tasks, shard_bytes=2048, threads=2)
+    assert set(started[:2]) == {"a0", "b0"}
+    got = {}
+    for f in files:
+        if f.endswith(".safetensors"):
+            got.update(load_file(str(tmp_path / "m" / f)))
+    assert {k: v[0].item() for k, v in got.items()} == {"a0": 0.0, "a1": 1.0, "b0": 2.0, "b1": 3.0}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_failed_tensor_stops_the_run_and_leaves_nothing(tmp_path, threads):
+    def boom():
+        raise RuntimeError("disk on fire")
+
+    tasks = [TensorTask(f"a{i}", (2,), torch.float32, lambda: torch.zeros(2)) for i in range(5)]
+    tasks.insert(2, TensorTask("b", (2,), torch.float32, boom))
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        save_checkpoint(tmp_path / "out", tasks, {"model_type": "bert"}, threads=threads, shard_bytes=16)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_full_disk_one_line_exit_2_nothing_written(tmp_path, monkeypatch):
+    """A write refused by the file system (here: no space) is one line naming the file and the
+    tensor, exit 2, and neither the output nor its temporary folder stays."""
+    from tests.tiny import model, spec
+
+    save_checkpoint(tmp_path / "src", model(spec("bert")))
+    real = sw.os.pwrite
+
+    def full(fd, data, offset):
+        if len(data) > 1000:
+            raise OSError(28, "No space left on device")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(sw.os, "pwrite", full)
+    res = runner.invoke(app, ["grow", str(tmp_path / "src"), "--op", "f", "--to", "d_model=64",
+                              "--out", str(tmp_path / "out"), "--no-probe"])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().count("\n") == 0 and "No space left on device" in res.output, res.output
+    assert "cannot write" in res.output and ".safetensors" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

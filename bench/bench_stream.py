@@ -65,12 +65,13 @@ def make_source(folder: Path, dims: dict, shard: int) -> None:
           f"{len(list(folder.glob('*.safetensors')))} shards")
 
 
-def timed(cmd: list[str], env: dict) -> tuple[float, int, str]:
+def timed(cmd: list[str], env: dict, settle: float = 0.0) -> tuple[float, int, str]:
     """(wall seconds, peak RSS KiB, stdout) of cmd under /usr/bin/time -v, started with no dirty
-    pages left over from an earlier step (so each step pays for its own writeback only). Its CPU
-    time (user + sys, all threads) is left in CPU[0]: on a shared machine it moves less than the
-    wall time."""
+    pages left over from an earlier step (so each step pays for its own writeback only) and
+    `settle` seconds after the previous step freed its memory (SETTLE_S). Its CPU time (user + sys,
+    all threads) is left in CPU[0]: on a shared machine it moves less than the wall time."""
     os.sync()
+    time.sleep(settle)
     t0 = time.perf_counter()
     r = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
@@ -82,6 +83,15 @@ def timed(cmd: list[str], env: dict) -> tuple[float, int, str]:
 
 
 CPU = [0.0]
+# Every timed growth and floor starts this long after the step before it deleted its output. A VM
+# with free page reporting (this one: Firecracker, page_reporting enabled) hands freed memory back
+# to its host a few seconds after it is freed, and the first touch of such memory costs about twice
+# as much: the floor alone took 4.2-5.0 s right after a 6.6 GB file was deleted and 7.7-8.5 s when
+# started 8-15 s later (5.7-6.0 s after 3-5 s). Without the wait the floor, started a moment after
+# the growth's output is deleted, ran on memory still held from the host while the growth, started
+# seconds after the floor's, did not. 10 s puts both in the settled state, the one a user's command
+# starts in.
+SETTLE_S = 10.0
 
 
 FLOOR = r"""
@@ -112,13 +122,16 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="growth/floor pairs per op; medians are reported")
     ap.add_argument("--work", type=Path, default=Path("/tmp/surgery-bench"))
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints afterwards")
+    ap.add_argument("--settle", type=float, default=SETTLE_S,
+                    help="seconds to wait before each timed growth and floor (see SETTLE_S; 0: none)")
     args = ap.parse_args()
     work = args.work
     dims, to, shard = SIZES[args.size]
     src, floor = work / f"llama-{args.size}", work / "floor.bin"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start; "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; each timed step starts {args.settle:g} s "
+          f"after the previous one (--settle)")
     if not (src / "config.json").is_file():
         shutil.rmtree(src, ignore_errors=True)
         t0 = time.perf_counter()
@@ -145,13 +158,14 @@ def main() -> None:
         for trial in range(args.repeat):
             # Growth and floor alternate, so each pair sees about the same machine.
             loads.append(os.getloadavg()[0])
-            wall, rss, text = timed(base + ["--out", str(out), "--no-probe"], env)
+            wall, rss, text = timed(base + ["--out", str(out), "--no-probe"], env, args.settle)
             cpu = CPU[0]
             out_bytes = sum(f.stat().st_size for f in out.glob("*.safetensors"))
             shards = sorted(f.stat().st_size for f in out.glob("*.safetensors"))
             shutil.rmtree(out, ignore_errors=True)  # the floor writes as many bytes: give it the same disk
             floor.unlink(missing_ok=True)
-            wall_floor, _, _ = timed([sys.executable, "-c", FLOOR, str(src), str(floor), str(out_bytes)], env)
+            wall_floor, _, _ = timed([sys.executable, "-c", FLOOR, str(src), str(floor), str(out_bytes)], env,
+                                     args.settle)
             cpu_floor = CPU[0]
             floor.unlink(missing_ok=True)
             cpus.append(cpu)
@@ -167,12 +181,16 @@ def main() -> None:
         wall, wall_floor = statistics.median(walls), statistics.median(floors)
         results.append(dict(op=op, size=args.size, grow_wall_s=round(wall, 1), floor_wall_s=round(wall_floor, 1),
                             ratio=round(wall / wall_floor, 2), trials=len(walls),
+                            # each growth over the floor run right after it: the machine's minute-to-minute
+                            # swings (the floor alone moves 2x here) cancel within a pair
+                            pair_ratios=[round(w / f, 2) for w, f in zip(walls, floors)],
+                            pair_ratio_median=round(statistics.median(w / f for w, f in zip(walls, floors)), 2),
                             grow_cpu_s=round(statistics.median(cpus), 1),
                             floor_cpu_s=round(statistics.median(cpus_floor), 1),
                             grow_peak_rss_mib=round(max(rsss) / 1024),
                             dry_run_estimate=estimate.group(1) if estimate else None,
                             imports_peak_rss_mib=round(rss_imp / 1024), src_gb=round(src_bytes / 1e9, 2),
-                            out_gb=round(out_bytes / 1e9, 2), threads=args.threads,
+                            out_gb=round(out_bytes / 1e9, 2), threads=args.threads, settle_s=args.settle,
                             load=[round(x, 1) for x in loads]))
     for r in results:
         print(json.dumps(r))

@@ -9,7 +9,7 @@ surgery/io.py), `empty()` hands out views of buffers kept from earlier tensors i
 
 A buffer is reused only once no tensor refers to it any more (its storage's reference count is
 back to the pool's own): no explicit release, so a tensor that outlives its step - kept by a
-caller, or waiting for the writer - simply keeps its buffer. The pool keeps at most `limit` bytes;
+caller, or still being written - simply keeps its buffer. The pool keeps at most `limit` bytes;
 beyond, `empty()` is torch.empty. Outside `pooled()` it is always torch.empty. Like torch.empty,
 the memory is uninitialised: every caller overwrites all of it.
 """

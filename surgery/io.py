@@ -45,6 +45,8 @@ from surgery.headers import (
 )
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
+MIN_SPLIT_SHARD_BYTES = 512 * 1024**2
+MAX_DEFAULT_THREADS = 4
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
 
 _DTYPES = {
@@ -213,7 +215,15 @@ def default_threads() -> int:
         n = len(os.sched_getaffinity(0))
     except AttributeError:
         n = os.cpu_count() or 1
-    return max(1, min(4, n))
+    return max(1, min(MAX_DEFAULT_THREADS, n))
+
+
+def shard_bytes_for(total: int) -> int:
+    """Shard size of a streamed output of `total` bytes: at most DEFAULT_SHARD_BYTES, and small
+    enough for as many files as default_threads() has workers (each writes a file of its own; two
+    writing one file take turns on its lock: surgery/shard_writer.py), but no smaller than 512 MiB
+    a shard. A function of the size alone, so the files do not depend on the thread count."""
+    return max(MIN_SPLIT_SHARD_BYTES, min(DEFAULT_SHARD_BYTES, -(-total // MAX_DEFAULT_THREADS)))
 
 
 def pipeline_budget(tasks: list[TensorTask]) -> int:

@@ -108,3 +108,14 @@ def test_full_disk_one_line_exit_2_nothing_written(tmp_path, monkeypatch):
     assert res.output.strip().count("\n") == 0 and "No space left on device" in res.output, res.output
     assert "cannot write" in res.output and ".safetensors" in res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_default_shards_give_each_worker_a_file_of_its_own():
+    """Outputs up to 2 GiB a shard, split into as many files as the most workers by default once
+    each still holds 512 MiB; a function of the size alone (the files never depend on --threads)."""
+    from surgery.io import MAX_DEFAULT_THREADS, shard_bytes_for
+
+    MiB, GiB = 1 << 20, 1 << 30
+    assert shard_bytes_for(100 * MiB) == 512 * MiB  # one file
+    assert shard_bytes_for(3 * GiB) == 3 * GiB // MAX_DEFAULT_THREADS == 768 * MiB
+    assert shard_bytes_for(100 * GiB) == 2 * GiB

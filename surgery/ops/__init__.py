@@ -174,18 +174,19 @@ def grow_checkpoint(src_dir, dst: ModelSpec, op: str, out_dir, seed: int = 0, op
                     shard_bytes: int | None = None, threads: int | None = None,
                     dtype: str | torch.dtype | None = None) -> GrowthPlan:
     """Grow the checkpoint folder `src_dir` into `out_dir`, streamed: each output tensor is made
-    from only the source tensors it needs (read when it is made, dropped right after) on a pool of
-    `threads` workers (default: surgery.io.default_threads()) ahead of a writer that writes each
-    tensor in order as soon as it is made; memory is bounded by twice the largest tensor's working
-    set, not by the model. The bytes written do not depend on `threads`, and equal what
-    grow_model makes with the same seed. dtype: the output's (default: the source's); the growth
-    arithmetic is fp32 either way."""
+    from only the source tensors it needs (read when it is made, dropped right after) on
+    `threads` workers (default: surgery.io.default_threads()), each writing the tensor it made at
+    its place in its shard (surgery/shard_writer.py); memory is bounded by twice the largest
+    tensor's working set, not by the model. Shards: `shard_bytes`, default
+    surgery.io.shard_bytes_for(the output's size). The bytes written do not depend on `threads`,
+    and equal what grow_model makes with the same seed. dtype: the output's (default: the
+    source's); the growth arithmetic is fp32 either way."""
     from surgery.io import (
-        DEFAULT_SHARD_BYTES,
         TensorTask,
         default_threads,
         load_checkpoint,
         save_checkpoint,
+        shard_bytes_for,
     )
     from surgery.ops.memory import working_bytes
 
@@ -233,6 +234,7 @@ def grow_checkpoint(src_dir, dst: ModelSpec, op: str, out_dir, seed: int = 0, op
         config["architectures"] = [ckpt.layout.model_class]
     if dtype is not None:
         config["torch_dtype" if "torch_dtype" in config else "dtype"] = str(out_dtype).removeprefix("torch.")
-    save_checkpoint(Path(out_dir), tasks, config, shard_bytes=shard_bytes or DEFAULT_SHARD_BYTES, carry_from=src_dir,
-                    threads=threads or default_threads())
+    threads = threads or default_threads()
+    shard_bytes = shard_bytes or shard_bytes_for(sum(t.nbytes for t in tasks))
+    save_checkpoint(Path(out_dir), tasks, config, shard_bytes=shard_bytes, carry_from=src_dir, threads=threads)
     return plan

@@ -1,9 +1,9 @@
 """How much memory a streaming growth needs, from shapes alone (no weight is read).
 
-`grow_checkpoint` makes output tensors on a small pool of workers ahead of one writer that writes
-them in order (surgery/io.py: _Pipeline). Making one tensor reads the source tensors it needs,
-grows them in fp32, converts the result to the output dtype; the result waits for the writer and
-is dropped once written. Per entry (surgery/ops/entries.py), the peak while making it:
+`grow_checkpoint` makes output tensors on a few workers, each writing the tensor it made at its
+place in the output (surgery/shard_writer.py). Making one tensor reads the source tensors it
+needs, grows them in fp32, converts the result to the output dtype; the worker writes it and
+drops it. Per entry (surgery/ops/entries.py), the peak while making it:
 
   Read     the raw bytes read, plus an fp32 copy when the checkpoint is not fp32
   Widen    per grown axis, the tensor before and after that axis plus the gathered new units
@@ -13,7 +13,7 @@ is dropped once written. Per entry (surgery/ops/entries.py), the peak while maki
   Zero     the output;  Built: its inputs and the output (identity blocks of post-LN BERT)
   written  the fp32 result plus its copy in the output dtype
 
-The pipeline holds at most its budget (twice the largest of these working sets) whatever the
+The workers hold at most their budget (twice the largest of these working sets) whatever the
 thread count, so the peak is the process baseline (Python, torch) plus that budget; with one
 thread (no pool) it is the baseline plus the largest working set. The estimate errs high;
 docs/surgery.md compares it with measurements.

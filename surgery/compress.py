@@ -199,18 +199,21 @@ def distil_student(teacher, dst: ModelSpec, select: str = "every-other"):
 
 def compress_model(model, src: ModelSpec, dst: ModelSpec, op: str, options: dict, seed: int = 0):
     """Apply a compression op (or moe, which also changes the family) in memory; returns the new
-    model (its own class)."""
-    if op == "moe":
-        from surgery.moe import upcycle
+    model (its own class). The op's implementation is the one its registry entry names
+    (surgery.catalog.COMPRESS_OPS), called with the model, the target spec and those of the op's
+    options (and the seed) that it takes: the rest (loss weights, the target's own sizes) belong
+    to training or were checked against dst already."""
+    import inspect
 
-        return upcycle(model, dst, seed)
-    if op == "factorize":
-        return factorize(model, dst)
-    if op == "share":
-        return share(model, dst, options.get("init", "mean"))
-    if op == "distil":
-        return distil_student(model, dst, options.get("select", "every-other"))
-    raise SurgeryError(f"unknown compression op {op}")
+    from surgery.catalog import COMPRESS_OPS, resolve
+
+    info = COMPRESS_OPS.get(op)
+    if info is None:
+        raise SurgeryError(f"unknown compression op {op} (known: {', '.join(COMPRESS_OPS)})")
+    fn = resolve(info.impl)
+    takes = list(inspect.signature(fn).parameters)[2:]
+    given = {**options, "seed": seed}
+    return fn(model, dst, **{k: given[k] for k in takes if k in given})
 
 
 def load_model(path):

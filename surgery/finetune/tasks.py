@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
-
 from surgery.catalog import TASKS as _INFO
+from surgery.catalog import resolve
 from surgery.finetune.base import Task
 
 TASKS: tuple[str, ...] = tuple(_INFO)
 
 
 def tasks() -> dict[str, type[Task]]:
-    out = {}
-    for name, info in _INFO.items():
-        module, _, cls = info.impl.partition(":")
-        out[name] = getattr(importlib.import_module(module), cls)
-    return out
+    return {name: resolve(info.impl) for name, info in _INFO.items()}

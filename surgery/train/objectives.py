@@ -147,10 +147,7 @@ _RENAMES = {"lambda": "lam"}
 def make_objective(name: str, params: dict, tokenizer, seq_len: int, seed: int = 0) -> Objective:
     """The objective `name` (its registry entry's implementation) with the recipe's params and the
     run's seed."""
-    import importlib
+    from surgery.catalog import OBJECTIVES, resolve
 
-    from surgery.catalog import OBJECTIVES
-
-    module, _, cls = OBJECTIVES[name].impl.partition(":")
     params = {_RENAMES.get(k, k): v for k, v in params.items()}
-    return getattr(importlib.import_module(module), cls)(tokenizer=tokenizer, seq_len=seq_len, seed=seed, **params)
+    return resolve(OBJECTIVES[name].impl)(tokenizer=tokenizer, seq_len=seq_len, seed=seed, **params)

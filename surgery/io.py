@@ -7,9 +7,10 @@
   reads one straight into the kept block of the tensor it grows into, one preadv of its rows).
   `Checkpoint.model()` loads it with transformers' from_pretrained.
 - `save_checkpoint(out_dir, source, config=None)`: source is a PreTrainedModel, a dict of tensors
-  (with `config`), or a list of `TensorTask`s (name, shape, dtype, make) made one at a time. The
-  safetensors header is written first from the known shapes and each tensor's bytes follow as
-  soon as it is made, so peak memory is about one tensor, not one model. Tied tensors are written
+  (with `config`), or a list of `TensorTask`s (name, shape, dtype, make) made one at a time. Each
+  shard's safetensors header is written first from the known shapes, and each tensor's bytes go
+  to their place as soon as it is made (surgery/shard_writer.py), so peak memory is about one
+  tensor per worker, not one model. Tied tensors are written
   once (transformers re-ties them on load); any tensor is cloned to contiguous memory before
   writing, so shared storage never reaches the file.
 - Writes are atomic: everything goes to a temporary folder beside the target, renamed into place

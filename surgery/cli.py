@@ -131,8 +131,8 @@ def grow(
                                  "bytes to read and write and the peak memory the growth will need; write nothing."),
     probe: bool = typer.Option(True, "--probe/--no-probe", help="Load both models afterwards and report how far "
                                "the function moved (needs both models in memory; skip it for big checkpoints)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Workers making tensors while one writes "
-                                          "(default: the usable CPUs, at most 4); the output is the same for any N."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Workers, each making a tensor and writing "
+                                          "it in place (default: the usable CPUs, at most 4); the output is the same for any N."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Output dtype: float32, bfloat16 or float16 "
                                         "(default: the source's; the growth arithmetic is fp32 either way)."),
 ):

@@ -12,6 +12,7 @@ read the source's bytes and write the output's bytes (the physical floor), and p
 estimate. Not a test: the large size needs ~25 GB free under --work (default /tmp/surgery-bench).
 
     python bench/bench_stream.py [--size large|small] [--ops dl,f] [--threads N] [--repeat K] [--work DIR] [--keep]
+                                 [--settle S] [--cold]
 """
 
 from __future__ import annotations
@@ -65,12 +66,19 @@ def make_source(folder: Path, dims: dict, shard: int) -> None:
           f"{len(list(folder.glob('*.safetensors')))} shards")
 
 
-def timed(cmd: list[str], env: dict, settle: float = 0.0) -> tuple[float, int, str]:
+def timed(cmd: list[str], env: dict, settle: float = 0.0, evict: list[Path] = ()) -> tuple[float, int, str]:
     """(wall seconds, peak RSS KiB, stdout) of cmd under /usr/bin/time -v, started with no dirty
     pages left over from an earlier step (so each step pays for its own writeback only) and
     `settle` seconds after the previous step freed its memory (SETTLE_S). Its CPU time (user + sys,
-    all threads) is left in CPU[0]: on a shared machine it moves less than the wall time."""
+    all threads) is left in CPU[0]: on a shared machine it moves less than the wall time. evict:
+    files dropped from the page cache first (the source, read from the disk then)."""
     os.sync()
+    for f in evict:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
     time.sleep(settle)
     t0 = time.perf_counter()
     r = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
@@ -122,6 +130,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="growth/floor pairs per op; medians are reported")
     ap.add_argument("--work", type=Path, default=Path("/tmp/surgery-bench"))
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints afterwards")
+    ap.add_argument("--cold", action="store_true",
+                    help="evict the source from the page cache before each timed growth and floor (read from the disk)")
     ap.add_argument("--settle", type=float, default=SETTLE_S,
                     help="seconds to wait before each timed growth and floor (see SETTLE_S; 0: none)")
     args = ap.parse_args()
@@ -158,14 +168,15 @@ def main() -> None:
         for trial in range(args.repeat):
             # Growth and floor alternate, so each pair sees about the same machine.
             loads.append(os.getloadavg()[0])
-            wall, rss, text = timed(base + ["--out", str(out), "--no-probe"], env, args.settle)
+            evict = sorted(src.glob("*.safetensors")) if args.cold else []
+            wall, rss, text = timed(base + ["--out", str(out), "--no-probe"], env, args.settle, evict)
             cpu = CPU[0]
             out_bytes = sum(f.stat().st_size for f in out.glob("*.safetensors"))
             shards = sorted(f.stat().st_size for f in out.glob("*.safetensors"))
             shutil.rmtree(out, ignore_errors=True)  # the floor writes as many bytes: give it the same disk
             floor.unlink(missing_ok=True)
             wall_floor, _, _ = timed([sys.executable, "-c", FLOOR, str(src), str(floor), str(out_bytes)], env,
-                                     args.settle)
+                                     args.settle, evict)
             cpu_floor = CPU[0]
             floor.unlink(missing_ok=True)
             cpus.append(cpu)
@@ -190,7 +201,7 @@ def main() -> None:
                             grow_peak_rss_mib=round(max(rsss) / 1024),
                             dry_run_estimate=estimate.group(1) if estimate else None,
                             imports_peak_rss_mib=round(rss_imp / 1024), src_gb=round(src_bytes / 1e9, 2),
-                            out_gb=round(out_bytes / 1e9, 2), threads=args.threads, settle_s=args.settle,
+                            out_gb=round(out_bytes / 1e9, 2), threads=args.threads, settle_s=args.settle, cold=args.cold,
                             load=[round(x, 1) for x in loads]))
     for r in results:
         print(json.dumps(r))

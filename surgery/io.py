@@ -221,9 +221,10 @@ def default_threads() -> int:
 
 def shard_bytes_for(total: int) -> int:
     """Shard size of a streamed output of `total` bytes: at most DEFAULT_SHARD_BYTES, and small
-    enough for as many files as default_threads() has workers (each writes a file of its own; two
-    writing one file take turns on its lock: surgery/shard_writer.py), but no smaller than 512 MiB
-    a shard. A function of the size alone, so the files do not depend on the thread count."""
+    enough for as many files as default_threads() may start workers, MAX_DEFAULT_THREADS (each
+    writes a file of its own; two writing one file take turns on its lock:
+    surgery/shard_writer.py), but no smaller than 512 MiB a shard. A function of the size alone,
+    so the files do not depend on the thread count."""
     return max(MIN_SPLIT_SHARD_BYTES, min(DEFAULT_SHARD_BYTES, -(-total // MAX_DEFAULT_THREADS)))
 
 
@@ -296,24 +297,31 @@ def write_tensors(folder: Path, tasks: Iterable[TensorTask], shard_bytes: int = 
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
     headers = [_header(shard, meta) for shard in shards]
     placed: dict[str, Placed] = {}
+    holes: set[str] = set()
     for i, (shard, header) in enumerate(zip(shards, headers)):
         offset = len(header)
         for t in shard:
-            if t.zeros:
-                pass  # a hole: nothing made or written
-            elif t.same_as in placed:
-                placed[t.same_as].places.append((i, offset))
+            first = placed.get(t.same_as) if t.same_as is not None else None
+            if t.zeros or t.same_as in holes:
+                holes.add(t.name)  # a hole: nothing made or written
+            elif t.same_as is not None and (first is None or first.task.nbytes != t.nbytes):
+                raise ValueError(f"{t.name}: same_as={t.same_as!r} names no earlier tensor "
+                                 f"{'of its size' if first is not None else 'made or zero'}")
+            elif first is not None:
+                first.places.append((i, offset))
             else:
                 placed[t.name] = Placed(t, [(i, offset)])
             offset += t.nbytes
     budget = budget if budget is not None else pipeline_budget(tasks)
     writer = ShardWriter(folder, names, headers, [sum(t.nbytes for t in shard) for shard in shards])
+    torch_threads = torch.get_num_threads()  # the workers set one each; it is process-wide
     try:
         # Large tensors reuse the buffers of earlier ones (surgery/buffers.py), up to the budget.
         with pooled(budget):
             writer.run(list(placed.values()), threads, budget, init=_one_torch_thread)
     finally:
         writer.close()
+        torch.set_num_threads(torch_threads)
     if len(shards) == 1:
         return names
     weight_map = {t.name: name for name, shard in zip(names, shards) for t in shard}

@@ -75,10 +75,17 @@ class Schedule:
         self.held -= p.task.working_bytes
 
 
-def write_all(fd: int, data: memoryview, offset: int) -> None:
-    """All of data at offset of fd, in chunks (a regular file may still write less than asked)."""
+class Stopped(Exception):
+    """Raised inside a worker whose run was stopped (another worker failed, or Ctrl-C) mid-tensor."""
+
+
+def write_all(fd: int, data: memoryview, offset: int, stopped=None) -> None:
+    """All of data at offset of fd, in chunks (a regular file may still write less than asked);
+    `stopped()` true between chunks gives up (raises Stopped)."""
     done = 0
     while done < len(data):
+        if stopped is not None and stopped():
+            raise Stopped
         n = os.pwrite(fd, data[done: done + WRITE_CHUNK], offset + done)
         if n <= 0:
             raise OSError(f"pwrite made no progress at byte {offset + done:,}")
@@ -102,6 +109,7 @@ class ShardWriter:
                 raise SurgeryError(f"{path}: cannot write ({err.strerror or err})") from None
         self.lock = threading.Condition()
         self.error: BaseException | None = None
+        self.running = 0  # worker threads started and not yet exited
 
     def close(self) -> None:
         for fd in self.fds:
@@ -114,21 +122,53 @@ class ShardWriter:
         if threads == 1:
             self._work()
         else:
-            workers = [threading.Thread(target=self._work, args=(init,), name=f"surgery-write-{i}", daemon=True)
-                       for i in range(threads)]
-            for w in workers:
-                w.start()
+            workers: list[threading.Thread] = []
             try:
+                for i in range(threads):
+                    workers.append(threading.Thread(target=self._worker, args=(init,), name=f"surgery-write-{i}",
+                                                    daemon=True))
+                    workers[-1].start()
                 for w in workers:
                     w.join()
-            except BaseException as err:  # Ctrl-C: let the workers finish the tensor in hand and stop
-                with self.lock:
-                    self.error = self.error or err
-                    self.lock.notify_all()
-                for w in workers:
-                    w.join()
+            except BaseException as err:  # Ctrl-C: the workers stop at the next chunk and exit
+                self._stop(err)
+            finally:
+                self._join(workers)
         if self.error is not None:
             raise self.error
+
+    def _stop(self, err: BaseException) -> None:
+        with self.lock:
+            self.error = self.error or err
+            self.lock.notify_all()
+
+    def _join(self, workers: list[threading.Thread]) -> None:
+        """Wait for every worker to exit, whatever interrupts arrive meanwhile (a second Ctrl-C):
+        the files are closed after this, and a worker still writing would write into whatever file
+        reused its descriptor. Counted by the workers themselves: an interrupted Thread.join()
+        can take a running thread for finished (CPython 3.11)."""
+        while True:
+            try:
+                with self.lock:
+                    while self.running > 0:
+                        self.lock.wait()
+                for w in workers:
+                    w.join()
+                return
+            except BaseException as err:
+                self._stop(err)
+
+    def _worker(self, init) -> None:
+        # Counted from inside: one not yet counted when _join gives up waiting finds the run
+        # stopped and exits before touching a file.
+        with self.lock:
+            self.running += 1
+        try:
+            self._work(init)
+        finally:
+            with self.lock:
+                self.running -= 1
+                self.lock.notify_all()
 
     def _work(self, init=None) -> None:
         if init is not None:
@@ -146,9 +186,10 @@ class ShardWriter:
                     self.lock.wait()
             try:
                 self._make_and_write(p)
+            except Stopped:
+                pass  # the error that stopped the run is already recorded
             except BaseException as err:
-                with self.lock:
-                    self.error = self.error or err
+                self._stop(err)
             finally:
                 with self.lock:
                     self.schedule.release(p)
@@ -162,7 +203,7 @@ class ShardWriter:
             data = memoryview(x.reshape(-1).view(torch.uint8).numpy())  # the tensor's own bytes, no copy
             for shard, offset in p.places:
                 try:
-                    write_all(self.fds[shard], data, offset)
+                    write_all(self.fds[shard], data, offset, stopped=lambda: self.error is not None)
                 except OSError as err:  # a full disk, a quota: one line, and the caller removes the folder
                     raise SurgeryError(f"{self.paths[shard]}: cannot write {p.task.name} "
                                        f"({err.strerror or err})") from None

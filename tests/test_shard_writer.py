@@ -78,26 +78,125 @@ def test_workers_write_different_shards_at_once(tmp_path):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_failed_tensor_stops_the_run_and_leaves_nothing(tmp_path, threads):
-    def boom():
-        raise RuntimeError("disk on fire")
+    made = []
 
-    tasks = [TensorTask(f"a{i}", (2,), torch.float32, lambda: torch.zeros(2)) for i in range(5)]
-    tasks.insert(2, TensorTask("b", (2,), torch.float32, boom))
+    def make(name):
+        made.append(name)
+        if name == "b":
+            raise RuntimeError("disk on fire")
+        return torch.zeros(2)
+
+    names = ["a0", "a1", "b", "a2", "a3", "a4"]
+    tasks = [TensorTask(n, (2,), torch.float32, (lambda n=n: make(n))) for n in names]
     with pytest.raises(RuntimeError, match="disk on fire"):
         save_checkpoint(tmp_path / "out", tasks, {"model_type": "bert"}, threads=threads, shard_bytes=16)
     assert list(tmp_path.iterdir()) == []
+    if threads == 1:
+        assert made == ["a0", "a1", "b"]  # nothing after the failure is started
+    else:
+        assert len(made) < len(names)
 
 
-def test_full_disk_one_line_exit_2_nothing_written(tmp_path, monkeypatch):
-    """A write refused by the file system (here: no space) is one line naming the file and the
-    tensor, exit 2, and neither the output nor its temporary folder stays."""
+def test_second_ctrl_c_still_waits_for_every_worker(tmp_path):
+    """Ctrl-C while the workers make tensors, and again while the run waits for them: the run
+    ends with KeyboardInterrupt only once no worker is left (the files are closed right after,
+    and a worker still writing would write into whatever file reuses its descriptor)."""
+    import signal
+    import time
+
+    def ctrl_c():  # a real SIGINT to the main thread: it interrupts the wait for the workers
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    in_hand, release, made = threading.Semaphore(0), threading.Event(), []
+
+    def make(name):
+        made.append(name)
+        in_hand.release()
+        release.wait(10)
+        return torch.zeros(64)
+
+    def interrupt_twice():
+        in_hand.acquire(timeout=10)
+        in_hand.acquire(timeout=10)  # both workers hold a tensor
+        ctrl_c()
+        time.sleep(0.2)
+        ctrl_c()  # while the run waits for the workers
+        time.sleep(0.5)
+        release.set()
+
+    tasks = [TensorTask(f"t{i}", (64,), torch.float32, (lambda i=i: make(f"t{i}"))) for i in range(6)]
+    (tmp_path / "m").mkdir()
+    timer = threading.Thread(target=interrupt_twice)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            write_tensors(tmp_path / "m", tasks, shard_bytes=512, threads=2)
+        assert not [t.name for t in threading.enumerate() if t.name.startswith("surgery-write")]
+        assert release.is_set() and len(made) == 2  # nothing new started after the first Ctrl-C
+    finally:
+        release.set()
+        timer.join()
+
+
+def test_budget_kept_in_a_real_run_and_short_writes_completed(tmp_path, monkeypatch):
+    """Three workers, tensors of different working sets: the working sets in hand never pass the
+    budget and all are released at the end; writes cut short by the file system (here at most 5
+    bytes a call, in 7-byte chunks) are completed."""
+    budget, peaks = 300, []
+    real_take, real_pwrite = Schedule.take, sw.os.pwrite
+
+    def take(self):
+        p = real_take(self)
+        if p is not None and p is not Schedule.DONE:
+            peaks.append((self.held, p.task.working_bytes))
+        return p
+
+    def short(fd, data, offset):
+        return real_pwrite(fd, data[:5], offset)
+
+    monkeypatch.setattr(Schedule, "take", take)
+    monkeypatch.setattr(sw.os, "pwrite", short)
+    monkeypatch.setattr(sw, "WRITE_CHUNK", 7)
+    tensors = {f"t{i}": torch.arange(n, dtype=torch.float32) for i, n in enumerate([10, 30, 5, 40, 12, 25, 3])}
+    tasks = [TensorTask(k, tuple(v.shape), torch.float32, (lambda v=v: v.clone()), cost=4 * v.numel() * 2)
+             for k, v in tensors.items()]
+    (tmp_path / "m").mkdir()
+    files = write_tensors(tmp_path / "m", tasks, shard_bytes=100, threads=3, budget=budget)
+    assert all(held <= budget or held == w for held, w in peaks) and len(peaks) == len(tasks)
+    got = {}
+    for f in files:
+        if f.endswith(".safetensors"):
+            got.update(load_file(str(tmp_path / "m" / f)))
+    assert all(torch.equal(got[k], v) for k, v in tensors.items())
+
+
+def test_same_as_must_name_an_earlier_tensor_of_its_size(tmp_path):
+    a = torch.ones(4)
+    ok = [TensorTask("z", (4,), torch.float32, None, zeros=True), TensorTask("z2", (4,), torch.float32, None, same_as="z"),
+          TensorTask("a", (4,), torch.float32, lambda: a.clone()), TensorTask("a2", (4,), torch.float32, None, same_as="a")]
+    (tmp_path / "ok").mkdir()
+    write_tensors(tmp_path / "ok", ok)
+    got = load_file(str(tmp_path / "ok" / "model.safetensors"))
+    assert torch.equal(got["z2"], torch.zeros(4)) and torch.equal(got["a2"], a)  # a hole, and a's bytes
+    for bad in ([TensorTask("a", (4,), torch.float32, lambda: a.clone()), TensorTask("b", (5,), torch.float32, None, same_as="a")],
+                [TensorTask("b", (4,), torch.float32, None, same_as="later"), TensorTask("later", (4,), torch.float32, lambda: a.clone())]):
+        (tmp_path / "bad").mkdir(exist_ok=True)
+        with pytest.raises(ValueError, match="names no earlier tensor"):
+            write_tensors(tmp_path / "bad", bad)
+
+
+@pytest.mark.parametrize("where", ["header", "tensor"])
+def test_full_disk_one_line_exit_2_nothing_written(tmp_path, monkeypatch, where):
+    """A write the file system refuses (here: no space), of a shard's header or of a tensor, is one
+    line naming the file (and the tensor), exit 2, and neither the output nor its temporary folder
+    stays."""
     from tests.tiny import model, spec
 
     save_checkpoint(tmp_path / "src", model(spec("bert")))
     real = sw.os.pwrite
 
     def full(fd, data, offset):
-        if len(data) > 1000:
+        if (offset == 0) == (where == "header"):
             raise OSError(28, "No space left on device")
         return real(fd, data, offset)
 
@@ -107,6 +206,8 @@ def test_full_disk_one_line_exit_2_nothing_written(tmp_path, monkeypatch):
     assert res.exit_code == 2, res.output
     assert res.output.strip().count("\n") == 0 and "No space left on device" in res.output, res.output
     assert "cannot write" in res.output and ".safetensors" in res.output
+    if where == "tensor":
+        assert "cannot write bert." in res.output, res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 

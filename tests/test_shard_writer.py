@@ -97,17 +97,14 @@ def test_failed_tensor_stops_the_run_and_leaves_nothing(tmp_path, threads):
         assert len(made) < len(names)
 
 
-def test_second_ctrl_c_still_waits_for_every_worker(tmp_path):
+def test_second_ctrl_c_still_waits_for_every_worker(tmp_path, monkeypatch):
     """Ctrl-C while the workers make tensors, and again while the run waits for them: the run
     ends with KeyboardInterrupt only once no worker is left (the files are closed right after,
-    and a worker still writing would write into whatever file reuses its descriptor)."""
-    import signal
-    import time
-
-    def ctrl_c():  # a real SIGINT to the main thread: it interrupts the wait for the workers
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-
-    in_hand, release, made = threading.Semaphore(0), threading.Event(), []
+    and a worker still writing would write into whatever file reuses its descriptor). The two
+    interrupts arrive where Python raises them, in the main thread's waits for the workers:
+    here the first two of those waits raise KeyboardInterrupt."""
+    in_hand, release, made, interrupts = threading.Semaphore(0), threading.Event(), [], []
+    real_join = threading.Thread.join
 
     def make(name):
         made.append(name)
@@ -115,27 +112,26 @@ def test_second_ctrl_c_still_waits_for_every_worker(tmp_path):
         release.wait(10)
         return torch.zeros(64)
 
-    def interrupt_twice():
-        in_hand.acquire(timeout=10)
-        in_hand.acquire(timeout=10)  # both workers hold a tensor
-        ctrl_c()
-        time.sleep(0.2)
-        ctrl_c()  # while the run waits for the workers
-        time.sleep(0.5)
-        release.set()
+    def join(self, *args, **kwargs):
+        if self.name.startswith("surgery-write") and len(interrupts) < 2:
+            if not interrupts:  # the first: once both workers hold a tensor
+                assert in_hand.acquire(timeout=10) and in_hand.acquire(timeout=10)
+                threading.Timer(1.0, release.set).start()  # the workers' tensors finish later
+            interrupts.append(self.name)
+            raise KeyboardInterrupt
+        return real_join(self, *args, **kwargs)
 
+    monkeypatch.setattr(threading.Thread, "join", join)
     tasks = [TensorTask(f"t{i}", (64,), torch.float32, (lambda i=i: make(f"t{i}"))) for i in range(6)]
     (tmp_path / "m").mkdir()
-    timer = threading.Thread(target=interrupt_twice)
-    timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             write_tensors(tmp_path / "m", tasks, shard_bytes=512, threads=2)
+        assert len(interrupts) == 2
         assert not [t.name for t in threading.enumerate() if t.name.startswith("surgery-write")]
         assert release.is_set() and len(made) == 2  # nothing new started after the first Ctrl-C
     finally:
         release.set()
-        timer.join()
 
 
 def test_budget_kept_in_a_real_run_and_short_writes_completed(tmp_path, monkeypatch):

@@ -22,6 +22,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from surgery.errors import SurgeryError
 
 # Largest single pwrite: Linux writes at most ~2 GiB a call, and a shorter hold of the file's lock
@@ -163,8 +165,10 @@ class ShardWriter:
         # stopped and exits before touching a file.
         with self.lock:
             self.running += 1
+            stopped = self.error is not None
         try:
-            self._work(init)
+            if not stopped:  # a late starter of a stopped run changes nothing process-wide
+                self._work(init)
         finally:
             with self.lock:
                 self.running -= 1
@@ -196,8 +200,6 @@ class ShardWriter:
                     self.lock.notify_all()
 
     def _make_and_write(self, p: Placed) -> None:
-        import torch
-
         x = p.task.made()
         if x.numel():
             data = memoryview(x.reshape(-1).view(torch.uint8).numpy())  # the tensor's own bytes, no copy

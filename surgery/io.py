@@ -246,19 +246,29 @@ def atomic_folder(out_dir: str | Path):
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SurgeryError(f"{out}: output folder exists and is not empty")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    except OSError as err:  # a parent that is a file, no permission, a read-only file system
+        raise SurgeryError(f"{out}: cannot create the output folder ({_reason(err)})") from None
     try:
         yield tmp
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
+    except OSError as err:  # writing the config, copying the tokenizer, the final rename
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SurgeryError(f"{out}: cannot write ({_reason(err)})") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _reason(err: OSError) -> str:
+    return f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err)
 
 
 def _header(tasks: list[TensorTask], metadata: dict[str, str]) -> bytes:

@@ -216,3 +216,16 @@ def test_default_shards_give_each_worker_a_file_of_its_own():
     assert shard_bytes_for(100 * MiB) == 512 * MiB  # one file
     assert shard_bytes_for(3 * GiB) == 3 * GiB // MAX_DEFAULT_THREADS == 768 * MiB
     assert shard_bytes_for(100 * GiB) == 2 * GiB
+
+
+def test_output_that_cannot_be_created_one_line_exit_2(tmp_path):
+    """--out under a file, or where no folder can be made: one line naming the output and why."""
+    from tests.tiny import model, spec
+
+    save_checkpoint(tmp_path / "src", model(spec("bert")))
+    (tmp_path / "afile").write_text("x")
+    res = runner.invoke(app, ["grow", str(tmp_path / "src"), "--op", "f", "--to", "d_model=64",
+                              "--out", str(tmp_path / "afile" / "out"), "--no-probe"])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().count("\n") == 0 and "cannot create the output folder" in res.output, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "src"]
